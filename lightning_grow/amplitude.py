@@ -1,0 +1,235 @@
+"""Try candidate neurons without surgery, scale them, and line-search their amplitude.
+
+The first-order theory (MATH.md §4) fixes the directions of new neurons but not how far to go.
+Following the authors (MATH.md §6), candidates are (a) rescaled so their pre-activations have the
+size of the existing ones (with BatchNorm the scale lives in the output weights), (b) tried with
+both signs, and (c) given the amplitude γ from a doubling grid that minimises the loss on held-out
+training samples.
+
+Candidates are injected with forward hooks on ``first`` and ``second``: the new units' output is
+computed from ``first``'s input and added to ``second``'s output, so trials cost forward passes
+only and leave the model untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_grow.topology import GrowablePair
+
+__all__ = ["AmplitudeResult", "CandidateNeurons", "inject", "measure_activity", "search_amplitude"]
+
+
+@dataclass
+class CandidateNeurons:
+    """New neurons in layer-parameter shapes (see :class:`lightning_grow.surgery.NewNeurons`)."""
+
+    first_weight: Tensor
+    first_bias: Tensor | None
+    second_weight: Tensor
+    bn_bias: Tensor | None = None
+    bn_running_mean: Tensor | None = None
+    bn_running_var: Tensor | None = None
+
+    @property
+    def num_neurons(self) -> int:
+        return self.first_weight.shape[0]
+
+    def scale_neurons(self, input_scale: Tensor, output_scale: Tensor | float = 1.0) -> None:
+        """Multiply neuron k's input weights by ``input_scale[k]``, its output weights by
+        ``output_scale`` (a scalar or one factor per neuron)."""
+        shape = (-1,) + (1,) * (self.first_weight.dim() - 1)
+        self.first_weight = self.first_weight * input_scale.view(shape)
+        if self.first_bias is not None:
+            self.first_bias = self.first_bias * input_scale
+        self.second_weight = self.second_weight * _per_neuron_columns(
+            output_scale, self.second_weight, self.num_neurons
+        )
+
+
+def _per_neuron_columns(scale: Tensor | float, second_weight: Tensor, k: int) -> Tensor | float:
+    """Broadcast a per-neuron factor onto ``second``'s new columns (K·J columns for conv→linear)."""
+    if not isinstance(scale, Tensor):
+        return scale
+    if second_weight.dim() == 4:  # (C_out, K, kh, kw)
+        return scale.view(1, k, 1, 1)
+    slots = second_weight.shape[1] // k
+    return scale.repeat_interleave(slots).view(1, -1)
+
+
+def _apply_between(pair: GrowablePair, z: Tensor, neurons: CandidateNeurons) -> Tensor:
+    """The ops between ``first`` and ``second``, for the new units only, in eval semantics."""
+    for name, op in pair.between:
+        if op is pair.batch_norm or isinstance(op, nn.modules.batchnorm._BatchNorm):
+            bn = pair.batch_norm
+            assert bn is not None
+            mean, var = neurons.bn_running_mean, neurons.bn_running_var
+            shape = (1, -1) + (1,) * (z.dim() - 2)
+            if mean is not None and var is not None:
+                z = (z - mean.view(shape)) / torch.sqrt(var.view(shape) + bn.eps)
+            else:
+                z = z / math.sqrt(1.0 + bn.eps)
+            if bn.affine and neurons.bn_bias is not None:
+                z = z + neurons.bn_bias.view(shape)
+        elif isinstance(op, nn.modules.dropout._DropoutNd) or "dropout" in name.lower():
+            continue
+        elif isinstance(op, nn.Flatten) or any(k in name.lower() for k in ("flatten", "view")):
+            z = z.flatten(1)
+        elif isinstance(op, nn.Identity):
+            continue
+        else:
+            z = op(z)
+    if pair.flatten and z.dim() > 2:
+        z = z.flatten(1)
+    return z
+
+
+def _first_forward(pair: GrowablePair, x: Tensor, neurons: CandidateNeurons) -> Tensor:
+    first = pair.first
+    weight = neurons.first_weight.to(x.dtype)
+    bias = None if neurons.first_bias is None else neurons.first_bias.to(x.dtype)
+    if isinstance(first, nn.Conv2d):
+        return F.conv2d(x, weight, bias, first.stride, first.padding, first.dilation)
+    return F.linear(x, weight, bias)
+
+
+def _second_forward(pair: GrowablePair, h: Tensor, weight: Tensor) -> Tensor:
+    second = pair.second
+    weight = weight.to(h.dtype)
+    if isinstance(second, nn.Conv2d):
+        return F.conv2d(h, weight, None, second.stride, second.padding, second.dilation)
+    return F.linear(h, weight)
+
+
+@dataclass
+class _Capture:
+    """Per-unit sums of the new and existing pre-activations seen during an injection."""
+
+    new_sum: Tensor | None = None
+    new_sq: Tensor | None = None
+    old_sq: Tensor | None = None
+    count: int = 0
+
+    def add(self, z_new: Tensor, z_old: Tensor) -> None:
+        dims = [d for d in range(z_new.dim()) if d != 1]
+        count = z_new.numel() // z_new.shape[1]
+        new_sum = z_new.double().sum(dims)
+        new_sq = z_new.double().square().sum(dims)
+        old_sq = z_old.double().square().sum(dims)
+        if self.new_sum is None:
+            self.new_sum, self.new_sq, self.old_sq = new_sum, new_sq, old_sq
+        else:
+            self.new_sum += new_sum
+            self.new_sq += new_sq
+            self.old_sq += old_sq  # type: ignore[operator]
+        self.count += count
+
+
+@contextmanager
+def inject(
+    pair: GrowablePair,
+    neurons: CandidateNeurons,
+    scale: float = 1.0,
+    capture: _Capture | None = None,
+) -> Iterator[Callable[[float], None]]:
+    """Add ``scale ×`` the new neurons' output to ``second``'s output while the context is open.
+
+    Yields a setter for the scale so one injection serves a whole line search.
+    """
+    state = {"scale": scale}
+    pending: list[Tensor] = []
+
+    def on_first(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        z_new = _first_forward(pair, inputs[0], neurons)
+        if capture is not None:
+            capture.add(z_new, output)
+        pending.append(_apply_between(pair, z_new, neurons))
+
+    def on_second(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        h_new = pending.pop(0)
+        if state["scale"] == 0.0:
+            return output
+        return output + state["scale"] * _second_forward(pair, h_new, neurons.second_weight)
+
+    handles = [
+        pair.first.register_forward_hook(on_first),
+        pair.second.register_forward_hook(on_second),
+    ]
+
+    def set_scale(value: float) -> None:
+        state["scale"] = value
+
+    try:
+        yield set_scale
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def measure_activity(
+    pair: GrowablePair, neurons: CandidateNeurons, evaluate: Callable[[], float]
+) -> tuple[float, Tensor, Tensor, Tensor]:
+    """Run ``evaluate`` once with the candidates injected at scale 0.
+
+    Returns the baseline loss, the median RMS of the existing units' pre-activations, and the new
+    units' pre-activation mean and variance (one per neuron).
+    """
+    capture = _Capture()
+    with inject(pair, neurons, scale=0.0, capture=capture):
+        base_loss = evaluate()
+    assert capture.new_sum is not None and capture.new_sq is not None
+    assert capture.old_sq is not None
+    n = max(capture.count, 1)
+    mean = capture.new_sum / n
+    var = (capture.new_sq / n - mean.square()).clamp_min(0.0)
+    existing_rms = float((capture.old_sq / n).sqrt().median())
+    return base_loss, torch.tensor(existing_rms), mean, var
+
+
+@dataclass
+class AmplitudeResult:
+    """Outcome of a line search: the best signed amplitude and the losses around it."""
+
+    amplitude: float
+    loss_before: float
+    loss_after: float
+    evaluations: int
+
+
+def search_amplitude(
+    loss_at: Callable[[float], float],
+    loss_before: float,
+    *,
+    gamma_min: float = 2.0**-12,
+    gamma_max: float = 8.0,
+    patience: int = 2,
+) -> AmplitudeResult:
+    """Doubling line search of the signed amplitude, both signs, keeping the best loss.
+
+    For each sign, γ doubles from ``gamma_min`` until the loss has failed to improve ``patience``
+    times in a row or ``gamma_max`` is passed. Non-finite losses count as failures. The result's
+    amplitude is 0.0 only when no amplitude beat ``loss_before``.
+    """
+    best = AmplitudeResult(0.0, loss_before, loss_before, 0)
+    evaluations = 0
+    for sign in (1.0, -1.0):
+        gamma, misses, sign_best = gamma_min, 0, math.inf
+        while gamma <= gamma_max and misses < patience:
+            loss = loss_at(sign * gamma)
+            evaluations += 1
+            if math.isfinite(loss) and loss < sign_best:
+                sign_best, misses = loss, 0
+                if loss < best.loss_after:
+                    best = AmplitudeResult(sign * gamma, loss_before, loss, 0)
+            else:
+                misses += 1
+            gamma *= 2.0
+    best.evaluations = evaluations
+    return best
