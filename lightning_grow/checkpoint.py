@@ -111,6 +111,8 @@ def _plan_resize(module: nn.Module, name: str, incoming: dict[str, tuple[int, ..
     edit = ModuleEdit(module, name)
     for attribute, shape in targets.items():
         current = getattr(module, attribute)
+        if tuple(current.shape) == shape:
+            continue  # e.g. the bias of a layer that only gained inputs keeps its values
         fresh = torch.full(
             shape, _fresh_value(module, attribute), dtype=current.dtype, device=current.device
         )
@@ -132,10 +134,10 @@ def resize_to_state_dict(
 ) -> list[str]:
     """Resize Linear / Conv2d / BatchNorm layers of ``module`` to the shapes in ``state_dict``.
 
-    Resized tensors are new (``nn.Parameter`` objects for parameters, keeping dtype, device and
-    ``requires_grad``) and freshly initialised (0; 1 for BatchNorm weight and running_var): load
-    the state dict afterwards to fill them. An optimizer built before the resize still points at
-    the old parameters. All layers are checked before any is changed.
+    Tensors whose shape changes are new (``nn.Parameter`` objects for parameters, keeping dtype,
+    device and ``requires_grad``) and freshly initialised (0; 1 for BatchNorm weight and
+    running_var): load the state dict afterwards to fill them. An optimizer built before the
+    resize still points at the old parameters. All layers are checked before any is changed.
 
     Parameters
     ----------
