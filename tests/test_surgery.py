@@ -17,7 +17,7 @@ from lightning_grow.surgery import NewNeurons, count_parameters, grow_pair
 from lightning_grow.topology import GrowablePair
 
 PROPERTY_SETTINGS = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
@@ -483,3 +483,17 @@ def test_inconsistent_or_unsupported_pairs():
     pair.second = nn.Conv2d(4, 2, 3)
     with pytest.raises(TypeError, match="Linear cannot feed a Conv2d"):
         grow_pair(pair, random_neurons(build_pair("linear")[1], 1, zero_omega=True))
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "conv_linear"])
+def test_optimizer_follows_every_grown_parameter(kind):
+    model, pair, optimizer = trained_setup(kind)
+    grow_pair(pair, random_neurons(pair, 2, zero_omega=True), [optimizer])
+    in_optimizer = optimizer.param_groups[0]["params"]
+    assert len(in_optimizer) == len(list(model.parameters()))
+    assert all(a is b for a, b in zip(in_optimizer, model.parameters()))
+    for parameter in model.parameters():
+        state = optimizer.state[parameter]
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            assert state[key].shape == parameter.shape
+        assert int(state["step"]) == 2
