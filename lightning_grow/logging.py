@@ -29,9 +29,11 @@ import re
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_grow.console import (
     architecture_rows,
@@ -138,6 +140,25 @@ def _table_row(event: GrowthEvent, columns: Sequence[str]) -> list[Any]:
     return row
 
 
+def _warn_if_media_misplaced(logger: WandbLogger) -> None:
+    """Warn when W&B will write media files outside the logger's ``save_dir``.
+
+    Under ``ddp_spawn`` the worker re-attaches to the run the main process created, and wandb
+    0.30 rebuilds the attached run's settings from the environment: its files (growth tables,
+    charts) land under ``WANDB_DIR`` or the working directory instead of ``save_dir``.
+    """
+    settings = getattr(logger.experiment, "settings", None)
+    root = getattr(settings, "root_dir", None)
+    if not logger.save_dir or not root or Path(root).resolve() == Path(logger.save_dir).resolve():
+        return
+    rank_zero_warn(
+        f"W&B writes this run's media files (growth tables and charts) under {root}, not under "
+        f"the WandbLogger save_dir {logger.save_dir} (a run re-attached in a spawned process "
+        f"takes its directory from the environment). Set WANDB_DIR={logger.save_dir} to keep "
+        "them together."
+    )
+
+
 class GrowthReporter:
     """Reports growth to every Lightning logger, to W&B (tables, chart, summary) and the console.
 
@@ -205,6 +226,9 @@ class GrowthReporter:
             self.metric_names.register(pair)
         self.width_history.append((trainer.global_step, dict(widths)))
         self._log_metrics(trainer, self._state_metrics(widths, total_parameters))
+        for logger in trainer.loggers if trainer.is_global_zero else []:
+            if isinstance(logger, WandbLogger):
+                _warn_if_media_misplaced(logger)
         for run in self._wandb_runs(trainer):
             # Growth curves share the trainer's step axis whatever the logger's defaults are.
             run.define_metric("trainer/global_step")
