@@ -26,6 +26,7 @@ the run summary (``growth/final_architecture``).
 from __future__ import annotations
 
 import re
+import sys
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
@@ -194,10 +195,20 @@ class GrowthReporter:
         self._tables: dict[int, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        # ddp_spawn pickles callbacks into the workers; live W&B tables belong to one process.
+        # ddp_spawn pickles callbacks into the workers: live W&B tables belong to one process,
+        # and the standard streams cannot be pickled but exist under the same name there.
         state = self.__dict__.copy()
         state["_tables"] = {}
+        for name in ("stdout", "stderr"):
+            if self.stream is getattr(sys, name):
+                state["stream"] = f"<sys.{name}>"
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in ("stdout", "stderr"):
+            if state.get("stream") == f"<sys.{name}>":
+                state["stream"] = getattr(sys, name)
+        self.__dict__.update(state)
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(
@@ -221,9 +232,10 @@ class GrowthReporter:
             Events of earlier fits (a resumed run): cumulative counters and the width chart
             continue from them instead of restarting at zero.
         """
-        self._restore(history, widths)
+        # Widths first, as in the original run, so a resumed run names its metrics the same.
         for pair in widths:
             self.metric_names.register(pair)
+        self._restore(history, widths)
         self.width_history.append((trainer.global_step, dict(widths)))
         self._log_metrics(trainer, self._state_metrics(widths, total_parameters))
         for logger in trainer.loggers if trainer.is_global_zero else []:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 import re
 import struct
 import sys
@@ -158,17 +159,15 @@ class _Tiny(pl.LightningModule):
 def _fit(callback: Callback, loggers: list, **trainer_args) -> None:
     x = torch.randn(64, 4)
     loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=6,
-        logger=loggers,
-        callbacks=[callback],
-        log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **trainer_args,
-    )
+    settings = {
+        "accelerator": "cpu",
+        "max_steps": 6,
+        "log_every_n_steps": 1,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    trainer = pl.Trainer(logger=loggers, callbacks=[callback], **{**settings, **trainer_args})
     trainer.fit(_Tiny(), loader)
 
 
@@ -448,3 +447,20 @@ def test_warns_when_wandb_media_would_land_outside_save_dir(tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         GrowthReporter(verbose=False).on_fit_start(trainer, {FC: 8}, 100)
+
+
+def test_reporter_pickles_for_spawned_workers_with_standard_streams() -> None:
+    reporter = GrowthReporter(stream=sys.stderr)
+    reporter.neurons_added = 7
+    clone = pickle.loads(pickle.dumps(reporter))
+    assert clone.stream is sys.stderr
+    assert clone.neurons_added == 7
+    assert pickle.loads(pickle.dumps(GrowthReporter())).stream is None
+
+
+def test_default_console_is_stdout_alongside_the_progress_bar(tmp_path, capsys) -> None:
+    _fit(_FeedEvents(GrowthReporter()), [CSVLogger(tmp_path)], enable_progress_bar=True)
+    printed = capsys.readouterr().out
+    event_lines = [line for line in printed.splitlines() if "growth step" in line]
+    assert len(event_lines) == 2
+    assert "Grown architecture" in printed
