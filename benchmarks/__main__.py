@@ -68,6 +68,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="teacher–student epochs (default: 200, scaled by epochs/60 when --epochs is set)",
     )
     parser.add_argument(
+        "--teacher-samples",
+        type=int,
+        default=4000,
+        help="teacher–student training samples (4000); the test set is a quarter of it",
+    )
+    parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",
@@ -113,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         seeds=arguments.seeds,
         epochs=arguments.epochs,
         student_epochs=student_epochs,
+        teacher_train=arguments.teacher_samples,
+        teacher_test=max(1, arguments.teacher_samples // 4),
         callback_options=dict(arguments.callback_option),
     )
     suite = Suite(config)

@@ -62,6 +62,8 @@ def fit_with_trainer(
         # Small in-memory loaders: Lightning's "few workers / few batches" advice is noise here.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*validation_step.*but have no.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         started = time.perf_counter()
         trainer.fit(module, train_dataloaders=loader)
         return time.perf_counter() - started
