@@ -100,8 +100,9 @@ def test_conv_pair_with_independent_gradients_gives_no_neuron() -> None:
 def test_floor_is_an_unbiased_noise_reference() -> None:
     """Under the null λ₁ / floor has median ≈ 1, also when ΔW* used up most directions of x.
 
-    Without the (I - A)^{1/2} correction the floor overstates the noise (median ≈ 0.6 here);
-    without whitening it would follow the arbitrary input scales.
+    Without the (I - A)^{1/2} correction the floor overstates the noise (median ≈ 0.47 here);
+    without whitening it would follow the arbitrary input scales. The ridge on the widely
+    spread input scales makes the reference slightly conservative (median ≈ 0.87).
     """
     g = torch.Generator().manual_seed(11)
     ratios = []
@@ -110,7 +111,7 @@ def test_floor_is_an_unbiased_noise_reference() -> None:
             *_linear_trial(g, **NULL_SETTINGS["linear_hidden"]), significance_margin=0.0
         )
         ratios.append(float(candidates.singular_values[0]) / candidates.noise_level)
-    assert 0.85 < statistics.median(ratios) < 1.15
+    assert 0.8 < statistics.median(ratios) < 1.2
 
 
 def test_noise_level_shrinks_like_one_over_root_n() -> None:
