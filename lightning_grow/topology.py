@@ -1,15 +1,59 @@
-"""Where a plain ``torch.nn`` model can grow: growable (first, second) layer pairs."""
+"""Where a plain ``torch.nn`` model can grow: growable (first, second) layer pairs.
+
+A pair is ``first → [ops] → second`` (Linear/Conv2d → BatchNorm, activation, dropout, identity,
+flatten → Linear/Conv2d) where every tensor between the two layers has exactly one reader, so new
+hidden units change nothing but ``second``'s input. :func:`find_growable_pairs` finds them with
+``torch.fx``; :func:`pairs_from_names` takes them from the user (for models fx cannot trace).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import difflib
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Union
 
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
+from lightning_grow import _hidden_ops
+from lightning_grow._hidden_ops import ACTIVATION_MODULES, SUPPORTED_OPS, flatten_batch
+from lightning_grow._pair_graph import (
+    PairTracer,
+    batch_norm_problem,
+    index_graph,
+    layer_problem,
+    scan,
+    walk,
+    width_problem,
+)
 from lightning_grow.moments import PairGeometry, PairKind
 
-__all__ = ["GrowablePair", "find_growable_pairs"]
+__all__ = [
+    "GrowablePair",
+    "GrowthConfigurationError",
+    "PairSpec",
+    "find_growable_pairs",
+    "layer_problem",
+    "pairs_from_names",
+    "rejected_layers",
+]
+
+PairSpec = Union[str, tuple[str, str], Mapping[str, Any], "GrowablePair"]
+"""``"first -> second"``, ``(first, second)``, ``{"first", "second", "batch_norm"?,
+"activation"?}`` or an existing :class:`GrowablePair`."""
+
+_HOW_TO_NAME = (
+    "name the pairs explicitly: pairs_from_names(model, ['first -> second']) or "
+    "GrowthCallback(pairs=[('first', 'second')]); when the model cannot be traced, describe the "
+    "ops between the layers with the dict form {'first': ..., 'second': ..., 'batch_norm': ..., "
+    "'activation': ...}"
+)
+
+
+class GrowthConfigurationError(ValueError):
+    """The model, or the pairs asked for, cannot be grown as requested (the message says why)."""
 
 
 @dataclass(eq=False)
@@ -96,6 +140,325 @@ class GrowablePair:
         )
 
 
-def find_growable_pairs(model: nn.Module) -> list[GrowablePair]:
-    """Placeholder: implemented by the topology work (issue 4)."""
-    raise NotImplementedError
+def _trace(module: nn.Module, what: str) -> fx.Graph:
+    try:
+        return PairTracer().trace(module)
+    except Exception as error:
+        lines = str(error).strip().splitlines()
+        raise GrowthConfigurationError(
+            f"torch.fx cannot trace {what} ({type(error).__name__}: {lines[0] if lines else ''})."
+            f" Growable pairs are found by tracing; for this model {_HOW_TO_NAME}."
+        ) from error
+
+
+def _scan(model: nn.Module) -> tuple[list[GrowablePair], dict[str, str]]:
+    traced = index_graph(model, _trace(model, type(model).__name__), model)
+    fields, rejections = scan(traced)
+    return [GrowablePair(**pair) for pair in fields], rejections
+
+
+def rejected_layers(model: nn.Module) -> dict[str, str]:
+    """Why each Linear/Conv2d of ``model`` is not the ``first`` layer of a growable pair.
+
+    Raises
+    ------
+    GrowthConfigurationError
+        When torch.fx cannot trace ``model``.
+    """
+    return _scan(model)[1]
+
+
+def _normalise(name: str) -> str:
+    return " -> ".join(part.strip() for part in name.split("->"))
+
+
+def find_growable_pairs(
+    model: nn.Module,
+    names: Iterable[str] | None = None,
+    *,
+    predicate: Callable[[GrowablePair], bool] | None = None,
+    allow_empty: bool = False,
+) -> list[GrowablePair]:
+    """Every growable pair of ``model``, found by tracing it with ``torch.fx``.
+
+    Parameters
+    ----------
+    model
+        The network (a plain ``nn.Module``; a LightningModule works when its ``forward`` runs the
+        network).
+    names
+        Keep only these pairs, each given as ``"first -> second"`` or by its ``first`` layer name.
+    predicate
+        Keep only the pairs for which it returns ``True``.
+    allow_empty
+        Return ``[]`` instead of raising when no pair is left.
+
+    Returns
+    -------
+    list[GrowablePair]
+        In forward order.
+
+    Raises
+    ------
+    GrowthConfigurationError
+        When the model cannot be traced, a requested name is not a growable pair, or no pair is
+        left (the message lists why each Linear/Conv2d was rejected).
+    """
+    pairs, rejections = _scan(model)
+    if names is not None:
+        by_name = {pair.name: pair for pair in pairs} | {pair.first_name: pair for pair in pairs}
+        selected = []
+        for requested in names:
+            pair = by_name.get(_normalise(requested))
+            if pair is None:
+                first = _normalise(requested).split(" -> ")[0]
+                why = f" ({first}: {rejections[first]})" if first in rejections else ""
+                raise GrowthConfigurationError(
+                    f"{requested!r} is not a growable pair of {type(model).__name__}{why}. "
+                    f"Growable pairs: {[p.name for p in pairs]}."
+                )
+            selected.append(pair)
+        pairs = selected
+    if predicate is not None:
+        pairs = [pair for pair in pairs if predicate(pair)]
+    if not pairs and not allow_empty:
+        if names is not None or predicate is not None:
+            raise GrowthConfigurationError("no growable pair is left after filtering")
+        reasons = "\n".join(f"  - {name}: {why}" for name, why in rejections.items())
+        raise GrowthConfigurationError(
+            f"No growable layer pair in {type(model).__name__}. A pair is a Linear/Conv2d whose "
+            f"output reaches the next Linear/Conv2d only through {SUPPORTED_OPS}, with nothing "
+            f"else reading it. Why each layer was rejected:\n{reasons or '  (no Linear/Conv2d)'}"
+            f"\nIf the tracer misses a pair, {_HOW_TO_NAME}."
+        )
+    return pairs
+
+
+@dataclass(frozen=True)
+class _Spec:
+    first: str
+    second: str
+    batch_norm: str | None = None
+    activation: Any = None
+    described: bool = False  # the dict form says what sits between the layers
+
+
+def _parse_spec(spec: PairSpec) -> _Spec:
+    if isinstance(spec, str):
+        parts = [part.strip() for part in spec.split("->")]
+        if len(parts) == 2 and all(parts):
+            return _Spec(parts[0], parts[1])
+    elif isinstance(spec, Mapping):
+        unknown = set(spec) - {"first", "second", "batch_norm", "activation"}
+        if "first" in spec and "second" in spec and not unknown:
+            return _Spec(
+                str(spec["first"]),
+                str(spec["second"]),
+                spec.get("batch_norm"),
+                spec.get("activation"),
+                described=True,
+            )
+    elif isinstance(spec, (tuple, list)) and len(spec) == 2:
+        return _Spec(str(spec[0]), str(spec[1]))
+    raise GrowthConfigurationError(
+        f"cannot read the pair specification {spec!r}: use 'first -> second', "
+        "('first', 'second') or {'first': ..., 'second': ..., 'batch_norm': ..., "
+        "'activation': ...} with module names from model.named_modules()"
+    )
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        close = difflib.get_close_matches(name, layers, n=3)
+        hint = f" Did you mean {close}?" if close else f" Linear/Conv2d layers: {layers[:20]}."
+        raise GrowthConfigurationError(
+            f"{type(model).__name__} has no module named {name!r}.{hint}"
+        ) from None
+
+
+def _prefixed(pair: GrowablePair, prefix: str) -> GrowablePair:
+    if not prefix:
+        return pair
+    between = tuple(
+        (f"{prefix}.{name}" if isinstance(op, nn.Module) else name, op) for name, op in pair.between
+    )
+    return replace(
+        pair,
+        first_name=f"{prefix}.{pair.first_name}",
+        second_name=f"{prefix}.{pair.second_name}",
+        batch_norm_name=f"{prefix}.{pair.batch_norm_name}" if pair.batch_norm_name else None,
+        between=between,
+    )
+
+
+def _common_parent(first: str, second: str) -> str:
+    common = []
+    for left, right in zip(first.split(".")[:-1], second.split(".")[:-1]):
+        if left != right:
+            break
+        common.append(left)
+    return ".".join(common)
+
+
+def _traced_pair(model: nn.Module, spec: _Spec) -> GrowablePair | None:
+    """The pair as the graph of the two layers' closest common parent shows it (``None``: that
+    parent cannot be traced)."""
+    parent_name = _common_parent(spec.first, spec.second)
+    parent = model.get_submodule(parent_name)
+    try:
+        graph = PairTracer().trace(parent)
+    except Exception:
+        return None
+    traced = index_graph(parent, graph, model)
+    first, second = model.get_submodule(spec.first), model.get_submodule(spec.second)
+    node = next(
+        (
+            n
+            for n in graph.nodes
+            if n.op == "call_module" and parent.get_submodule(str(n.target)) is first
+        ),
+        None,
+    )
+    label = f"'{spec.first} -> {spec.second}'"
+    if node is None:
+        raise GrowthConfigurationError(
+            f"{label}: {spec.first} is not called by the forward of "
+            f"{parent_name or type(model).__name__}"
+        )
+    result = walk(traced, node)
+    if isinstance(result, str):
+        raise GrowthConfigurationError(
+            f"{label} is not growable: {result}. Supported between the layers: {SUPPORTED_OPS}."
+        )
+    if result["second"] is not second:
+        reached = f"{parent_name}.{result['second_name']}" if parent_name else result["second_name"]
+        raise GrowthConfigurationError(
+            f"{label} is not a pair: the output of {spec.first} goes to {reached}"
+        )
+    pair = _prefixed(GrowablePair(**result), parent_name)
+    if spec.batch_norm is not None and spec.batch_norm != pair.batch_norm_name:
+        raise GrowthConfigurationError(
+            f"{label}: batch_norm={spec.batch_norm!r} was given, but the traced graph has "
+            f"{pair.batch_norm_name!r} between the layers"
+        )
+    return pair
+
+
+def _activation(model: nn.Module, activation: Any) -> tuple[str, Callable, float, bool]:
+    """``(name, op, slope, dead_at_zero)`` of a dict spec's ``activation`` entry."""
+    module = activation
+    name = type(activation).__name__
+    if isinstance(activation, str):
+        names = dict(model.named_modules())
+        if activation in names:
+            module, name = names[activation], activation
+        elif activation in _hidden_ops.ACTIVATION_FUNCTIONS:
+            slope, dead = _hidden_ops.ACTIVATION_FUNCTIONS[activation]
+            return activation, _hidden_ops.out_of_place(activation), slope, dead
+        else:
+            raise GrowthConfigurationError(
+                f"activation {activation!r} is neither a module name nor one of "
+                f"{sorted(_hidden_ops.ACTIVATION_FUNCTIONS)}"
+            )
+    for activation_type, (slope, dead) in ACTIVATION_MODULES.items():
+        if isinstance(module, activation_type):
+            if isinstance(module, nn.LeakyReLU):
+                dead = module.negative_slope == 0
+            return name, module, slope, dead
+    raise GrowthConfigurationError(
+        f"activation {activation!r} is not supported; use one of "
+        f"{[t.__name__ for t in ACTIVATION_MODULES]} or a function name such as 'relu'"
+    )
+
+
+def _described_pair(model: nn.Module, spec: _Spec) -> GrowablePair:
+    """The pair from the spec alone (the model could not be traced): BatchNorm, then activation."""
+    first, second = model.get_submodule(spec.first), model.get_submodule(spec.second)
+    label = f"'{spec.first} -> {spec.second}'"
+    if not spec.described:
+        warnings.warn(
+            f"torch.fx cannot trace the modules around {label}; assuming nothing but an identity "
+            "between the layers. If a BatchNorm or an activation sits between them, give the "
+            "dict form {'first', 'second', 'batch_norm', 'activation'}.",
+            stacklevel=3,
+        )
+    between: list[tuple[str, Callable[[Tensor], Tensor]]] = []
+    batch_norm = None
+    if spec.batch_norm is not None:
+        batch_norm = _module(model, spec.batch_norm)
+        problem = batch_norm_problem(batch_norm, spec.batch_norm, first, None)
+        if problem is not None:
+            raise GrowthConfigurationError(f"{label}: {problem}")
+        between.append((spec.batch_norm, batch_norm))
+    slope, dead = 1.0, False
+    if spec.activation is not None:
+        name, op, slope, dead = _activation(model, spec.activation)
+        between.append((name, op))
+    flatten = isinstance(first, nn.Conv2d) and isinstance(second, nn.Linear)
+    if flatten:
+        between.append(("flatten", flatten_batch))
+    return GrowablePair(
+        first_name=spec.first,
+        second_name=spec.second,
+        first=first,  # type: ignore[arg-type]
+        second=second,  # type: ignore[arg-type]
+        batch_norm=batch_norm,  # type: ignore[arg-type]
+        batch_norm_name=spec.batch_norm,
+        between=tuple(between),
+        activation_slope=slope,
+        dead_at_zero=dead,
+        flatten=flatten,
+    )
+
+
+def pairs_from_names(model: nn.Module, specs: Iterable[PairSpec]) -> list[GrowablePair]:
+    """Growable pairs named by the user, validated against ``model``.
+
+    The ops between the layers are taken from a ``torch.fx`` trace of the two layers' closest
+    common parent module when it can be traced (so a model whose top-level ``forward`` is not
+    traceable still works when its blocks are); otherwise from the dict form of the spec
+    (BatchNorm first, then the activation; a flatten is implied for Conv2d → Linear).
+
+    Parameters
+    ----------
+    model
+        The network.
+    specs
+        Each ``"first -> second"``, ``("first", "second")``, ``{"first": ..., "second": ...,
+        "batch_norm": name?, "activation": module name, function name ("relu") or module?}``,
+        or a :class:`GrowablePair` of this model.
+
+    Raises
+    ------
+    GrowthConfigurationError
+        When a name does not exist, a layer type or configuration is not supported, the widths
+        or the BatchNorm size do not match, the traced graph shows the two layers are not a
+        growable pair, or one layer is the ``first`` of two specs.
+    """
+    pairs: list[GrowablePair] = []
+    for spec in specs:
+        if isinstance(spec, GrowablePair):
+            if _module(model, spec.first_name) is not spec.first:
+                raise GrowthConfigurationError(f"{spec.name} does not belong to this model")
+            pairs.append(spec)
+            continue
+        parsed = _parse_spec(spec)
+        first, second = _module(model, parsed.first), _module(model, parsed.second)
+        for name, layer in ((parsed.first, first), (parsed.second, second)):
+            problem = layer_problem(layer)
+            if problem is not None:
+                raise GrowthConfigurationError(
+                    f"{name} cannot be part of a growable pair: {problem}"
+                )
+        problem = width_problem(first, second, parsed.first, parsed.second)
+        if problem is not None:
+            raise GrowthConfigurationError(f"'{parsed.first} -> {parsed.second}': {problem}")
+        pair = _traced_pair(model, parsed)
+        pairs.append(pair if pair is not None else _described_pair(model, parsed))
+    repeated = [name for name, count in Counter(p.first_name for p in pairs).items() if count > 1]
+    if repeated:
+        raise GrowthConfigurationError(f"{repeated} appear as the first layer of several pairs")
+    return pairs

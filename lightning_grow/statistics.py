@@ -1,0 +1,309 @@
+"""Streaming moment accumulators on a growable pair's layers, and their cross-rank reduction.
+
+:class:`PairStatistics` hooks ``first`` and ``second`` of a :class:`GrowablePair`. While a window
+is open, every training forward (grad enabled, modules in train mode) stores ``first``'s input
+``x`` and ``second``'s input ``h`` in a closure attached to ``second``'s output ``z2``; when the
+gradient of ``z2`` arrives, the batch's contribution to the moments of
+:mod:`lightning_grow.moments` is added to float32 sums and the stored tensors are dropped. The
+gradient comes from a tensor hook on ``z2`` rather than a module backward hook, which breaks with
+``ReLU(inplace=True)``; a hook registered before an in-place op still receives the gradient of
+the pre-modification value, i.e. of ``second``'s pre-activation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_grow._moment_sums import SumLayout, batch_sums
+from lightning_grow.moments import PairMoments
+from lightning_grow.topology import GrowablePair, GrowthConfigurationError, layer_problem
+
+__all__ = ["PairStatistics", "reduce_statistics"]
+
+LossReduction = Literal["mean", "sum"]
+
+
+class PairStatistics:
+    """Moments of one growable pair, accumulated from ordinary training batches.
+
+    Parameters
+    ----------
+    pair
+        The pair whose layers are hooked.
+    loss_reduction
+        ``"mean"`` when the training loss averages over the batch (the captured gradient is then
+        multiplied by the batch size to get per-sample ``v_i``), ``"sum"`` when it sums.
+    dtype
+        Accumulation dtype (float32; float64 for exact checks).
+    chunk_elements
+        Rough bound on the temporary elements of one chunk of a convolutional batch (the batch is
+        processed in chunks of samples to bound memory).
+    max_buffer_elements
+        Largest moment buffer accepted; larger ones raise :class:`GrowthConfigurationError`.
+
+    Attributes
+    ----------
+    gradient_scale
+        Multiplies captured gradients (``accumulate_grad_batches / amp_scale`` under Lightning).
+    elapsed_seconds
+        Host time spent in accumulation since the last :meth:`reset` (on a GPU this is the time
+        to launch the kernels, not to run them).
+
+    Notes
+    -----
+    The sums cover only batches whose gradient of ``z2`` was received while the window was open;
+    batches whose gradient (or contribution) is not finite are skipped and counted in
+    :attr:`skipped_batches`. The check runs on the device: there is no host synchronisation.
+    """
+
+    def __init__(
+        self,
+        pair: GrowablePair,
+        *,
+        loss_reduction: LossReduction = "mean",
+        dtype: torch.dtype = torch.float32,
+        chunk_elements: int = 2**26,
+        max_buffer_elements: int = 2**28,
+    ) -> None:
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'sum', not {loss_reduction!r}")
+        for name, layer in ((pair.first_name, pair.first), (pair.second_name, pair.second)):
+            problem = layer_problem(layer)
+            if problem is not None:
+                raise GrowthConfigurationError(f"pair {pair.name}: {name}: {problem}")
+        self.pair = pair
+        self.loss_reduction = loss_reduction
+        self.dtype = dtype
+        self.chunk_elements = chunk_elements
+        self.max_buffer_elements = max_buffer_elements
+        self.gradient_scale = 1.0
+        self.elapsed_seconds = 0.0
+        self._layout = self._checked_layout()
+        self._sums: Tensor | None = None  # one flat buffer: every sum, then n and skipped
+        self._open = False
+        self._generation = 0  # bumped by reset(): gradients of older forwards are ignored
+        self._pending_input: Tensor | None = None
+        self._handles = [
+            pair.first.register_forward_hook(self._on_first_forward),
+            pair.second.register_forward_hook(self._on_second_forward),
+        ]
+
+    # ------------------------------------------------------------------ window
+    def open(self) -> None:
+        """Start accumulating from the next training forward."""
+        if not self._handles:
+            raise RuntimeError(f"statistics of {self.pair.name} were removed")
+        self._open = True
+
+    def close(self) -> None:
+        """Stop accumulating (pending forwards whose backward comes later are ignored)."""
+        self._open = False
+        self._pending_input = None
+
+    def reset(self) -> None:
+        """Drop the sums; the pair may have grown since, so the layout is derived again."""
+        self._sums = None
+        self._generation += 1
+        self._pending_input = None
+        self.elapsed_seconds = 0.0
+        self._layout = self._checked_layout()
+
+    def remove(self) -> None:
+        """Remove the hooks for good (the sums stay readable)."""
+        self.close()
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> PairStatistics:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        """Whether training forwards are being accumulated."""
+        return self._open
+
+    @property
+    def num_samples(self) -> int:
+        """Samples (images, for convolutions) covered by the sums."""
+        return 0 if self._sums is None else round(float(self._sums[-2]))
+
+    @property
+    def skipped_batches(self) -> int:
+        """Batches dropped because their gradient or contribution was not finite."""
+        return 0 if self._sums is None else round(float(self._sums[-1]))
+
+    # ------------------------------------------------------------------ results
+    def moments(self) -> PairMoments:
+        """The moments: the sums divided by the number of samples.
+
+        Raises
+        ------
+        ValueError
+            When no sample was accumulated.
+        """
+        n = self.num_samples
+        if n == 0:
+            raise ValueError(f"no samples were accumulated for pair {self.pair.name}")
+        assert self._sums is not None
+        layout = self._layout
+        parts = layout.split(self._sums)
+        d_x, d_v, d_h, slots = layout.d_x, layout.d_v, layout.d_h, layout.slots
+        xr_total = parts["XR_even"] + parts["XR_odd"]
+        xr_noise = parts["XR_even"] - parts["XR_odd"]
+
+        def update_from_first(xr: Tensor) -> tuple[Tensor, Tensor]:
+            # rows (a, j), columns [v | h]: Mx is reordered to (c, j) columns, c major.
+            mx = xr[:, :d_v].reshape(d_x, slots, d_v).transpose(1, 2).reshape(d_x, d_v * slots)
+            return mx / n, xr[:, d_v:].reshape(d_x, slots, d_h) / n
+
+        mx, p = update_from_first(xr_total)
+        mx_noise, p_noise = update_from_first(xr_noise)
+        rh = parts["RH"]
+        s, sx = rh[d_v:], parts["Sx"]
+        return PairMoments(
+            S=(s + s.T) / (2 * n),
+            M=rh[:d_v] / n,
+            Sx=(sx + sx.T) / (2 * n),
+            Mx=mx.contiguous(),
+            P=p.contiguous(),
+            v_sq=parts["v_sq"].reshape(()) / n,
+            n=n,
+            Mx_noise=mx_noise.contiguous(),
+            P_noise=p_noise.contiguous(),
+        )
+
+    def flat_sums(self) -> Tensor:
+        """All sums in one 1-D buffer (the sample and skipped-batch counts last), for reduction.
+
+        A copy: changing it does not change the statistics (see :meth:`load_flat_sums`).
+        """
+        if self._sums is None:
+            return torch.zeros(self._layout.total, dtype=self.dtype, device=self._device())
+        return self._sums.clone()
+
+    def load_flat_sums(self, sums: Tensor) -> None:
+        """Replace the sums by ``sums`` (a buffer shaped like :meth:`flat_sums`, e.g. reduced)."""
+        if sums.dim() != 1 or sums.numel() != self._layout.total:
+            raise ValueError(
+                f"pair {self.pair.name} expects {self._layout.total} flat sums, got shape "
+                f"{tuple(sums.shape)}"
+            )
+        self._sums = sums.detach().to(dtype=self.dtype, device=self._device()).clone()
+
+    # ------------------------------------------------------------------ hooks
+    def _capturing(self, module: nn.Module, output: Any) -> bool:
+        return (
+            self._open
+            and module.training
+            and torch.is_grad_enabled()
+            and isinstance(output, Tensor)
+            and output.requires_grad
+        )
+
+    def _on_first_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._capturing(module, output):
+            self._pending_input = args[0]
+
+    def _on_second_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        first_input, self._pending_input = self._pending_input, None
+        if first_input is None or not self._capturing(module, output):
+            return
+        # The closure owns the only extra references to x and h; it empties itself on use so
+        # that a graph kept alive after backward (e.g. a logged output) holds nothing.
+        held = [first_input, args[0]]
+        generation = self._generation
+
+        def on_gradient(grad: Tensor) -> None:
+            if not held:
+                return
+            x, h = held
+            held.clear()
+            if self._open and self._generation == generation:
+                self._accumulate(x, h, grad)
+
+        output.register_hook(on_gradient)
+
+    def _accumulate(self, x: Tensor, h: Tensor, grad: Tensor) -> None:
+        started = time.perf_counter()
+        with torch.no_grad():
+            layout = self._layout
+            if layout.geometry != self.pair.geometry():
+                raise RuntimeError(
+                    f"the layers of pair {self.pair.name} changed shape while its statistics "
+                    "window was open; call reset() after growing"
+                )
+            batch = grad.shape[0] if grad.dim() > 1 else 1
+            scale = -self.gradient_scale * (batch if self.loss_reduction == "mean" else 1)
+            v = grad.detach().to(self.dtype) * scale
+            sums = batch_sums(
+                self.pair,
+                layout,
+                x.detach().to(self.dtype),
+                h.detach().to(self.dtype),
+                v,
+                self.chunk_elements,
+            )
+            # Accept or drop the whole batch on the device (no host sync): a non-finite batch
+            # contributes zeros and counts as skipped.
+            finite = torch.isfinite(v).all() & torch.isfinite(sums).all()
+            accepted = finite.to(self.dtype)
+            sums[-2] = batch
+            sums[-1] = 0.0
+            sums.nan_to_num_(0.0, 0.0, 0.0)
+            if self._sums is None:
+                self._sums = torch.zeros_like(sums)
+            self._sums.addcmul_(sums, accepted)
+            self._sums[-1] += 1.0 - accepted
+        self.elapsed_seconds += time.perf_counter() - started
+
+    # ------------------------------------------------------------------ helpers
+    def _device(self) -> torch.device:
+        return self.pair.first.weight.device
+
+    def _checked_layout(self) -> SumLayout:
+        layout = SumLayout.of(self.pair.geometry())
+        for name, shape in layout.shapes.items():
+            elements = 1
+            for size in shape:
+                elements *= size
+            if elements > self.max_buffer_elements:
+                raise GrowthConfigurationError(
+                    f"the statistics of pair {self.pair.name} need a {name} buffer of shape "
+                    f"{shape} ({elements / 1e6:.0f}M elements, above the limit of "
+                    f"{self.max_buffer_elements / 1e6:.0f}M). Leave this pair out (name the pairs "
+                    "explicitly) or make the hidden map smaller (e.g. pool before the flatten)."
+                )
+        return layout
+
+
+def reduce_statistics(
+    stats: Sequence[PairStatistics], reduce_fn: Callable[[Tensor], Tensor]
+) -> None:
+    """Sum-reduce the statistics of several pairs with one collective.
+
+    Parameters
+    ----------
+    stats
+        The statistics to reduce, identical in order and layout on every rank.
+    reduce_fn
+        Sums a 1-D tensor across ranks (e.g. ``lambda t: strategy.reduce(t, reduce_op="sum")``).
+    """
+    flats = [statistics.flat_sums() for statistics in stats]
+    if not flats:
+        return
+    reduced = reduce_fn(torch.cat(flats))
+    total = sum(flat.numel() for flat in flats)
+    if reduced.shape != (total,):
+        raise ValueError(f"reduce_fn returned shape {tuple(reduced.shape)}, expected ({total},)")
+    for statistics, part in zip(stats, torch.split(reduced, [f.numel() for f in flats])):
+        statistics.load_flat_sums(part)
