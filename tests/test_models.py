@@ -15,6 +15,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from lightning_grow.data import DigitsDataModule
 from lightning_grow.models import CNN, MLP, CifarResNet18, ClassifierModule, resnet18
+from lightning_grow.topology import find_growable_pairs
 
 
 def _from_config(config: dict) -> nn.Module:
@@ -173,6 +174,27 @@ def test_builders_are_fx_traceable_and_rebuildable_from_their_config(build):
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
         k: v.shape for k, v in model.state_dict().items()
     }
+
+
+def test_builders_expose_exactly_the_intended_growable_pairs():
+    def pairs(model: nn.Module) -> list[str]:
+        return [pair.name for pair in find_growable_pairs(model)]
+
+    assert pairs(MLP(hidden=(3, 2))) == ["fc1 -> fc2", "fc2 -> head"]
+    assert pairs(CNN(channels=(2, 3))) == ["conv1 -> conv2", "conv2 -> head"]
+    # A pooling layer between two convolutions is not modelled: only the last pair remains.
+    assert pairs(CNN(channels=(2, 3, 4), pool=True)) == ["conv3 -> head"]
+    # ResNet: every block interior, never the residual stream.
+    expected = [
+        f"layer{stage}.{index}.conv1 -> layer{stage}.{index}.conv2"
+        for stage in range(1, 5)
+        for index in range(2)
+    ]
+    assert pairs(resnet18()) == expected
+    assert pairs(ClassifierModule(MLP())) == [
+        "backbone.fc1 -> backbone.fc2",
+        "backbone.fc2 -> backbone.head",
+    ]
 
 
 # -- ClassifierModule ----------------------------------------------------------------------------
