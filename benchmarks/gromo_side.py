@@ -73,9 +73,9 @@ class GromoSchedule:
     stop_fraction: float = 0.5
     statistics_samples: int = 512
     held_samples: int = 256
-    amplitudes: tuple[float, ...] = tuple(2.0**k for k in range(-12, 4))
+    amplitudes: tuple[float, ...] = tuple(2.0**k for k in range(-12, 1))
     maximum_added_neurons: int | None = None
-    normalize: bool = True
+    normalize: bool = False
     settings: dict[str, Any] = field(default_factory=lambda: dict(TINY_SETTINGS))
 
 
