@@ -39,6 +39,15 @@ class SumLayout:
             "v_sq": (1,),
             "counts": (2,),
         }
+        #: the moments each buffer holds, for messages
+        self.holds = {
+            "RH": "M and S",
+            "Sx": "Sx",
+            "XR_even": "Mx and P",
+            "XR_odd": "Mx_noise and P_noise",
+            "v_sq": "v_sq",
+            "counts": "the counts",
+        }
         self.sizes = [math.prod(shape) for shape in self.shapes.values()]
         self.total = sum(self.sizes)
 

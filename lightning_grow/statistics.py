@@ -12,6 +12,7 @@ the pre-modification value, i.e. of ``second``'s pre-activation.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -273,13 +274,11 @@ class PairStatistics:
     def _checked_layout(self) -> SumLayout:
         layout = SumLayout.of(self.pair.geometry())
         for name, shape in layout.shapes.items():
-            elements = 1
-            for size in shape:
-                elements *= size
+            elements = math.prod(shape)
             if elements > self.max_buffer_elements:
                 raise GrowthConfigurationError(
-                    f"the statistics of pair {self.pair.name} need a {name} buffer of shape "
-                    f"{shape} ({elements / 1e6:.0f}M elements, above the limit of "
+                    f"the statistics of pair {self.pair.name} need a buffer of shape {shape} for "
+                    f"{layout.holds[name]} ({elements / 1e6:.0f}M elements, above the limit of "
                     f"{self.max_buffer_elements / 1e6:.0f}M). Leave this pair out (name the pairs "
                     "explicitly) or make the hidden map smaller (e.g. pool before the flatten)."
                 )
