@@ -66,9 +66,16 @@ class SumLayout:
 
 
 def batch_sums(
-    pair: GrowablePair, layout: SumLayout, x: Tensor, h: Tensor, v: Tensor, chunk_elements: int
-) -> Tensor:
-    """The flat sums of one batch (counters left at 0).
+    pair: GrowablePair,
+    layout: SumLayout,
+    x: Tensor,
+    h: Tensor,
+    v: Tensor,
+    chunk_elements: int,
+    out: Tensor,
+    overwrite: bool,
+) -> None:
+    """Add (or, with ``overwrite``, write) the flat sums of one batch into ``out``.
 
     Parameters
     ----------
@@ -79,14 +86,28 @@ def batch_sums(
         all in the accumulation dtype.
     chunk_elements
         Rough bound on the temporary elements of one chunk (convolutions only).
+    out
+        A flat buffer of ``layout.total`` elements. The two trailing counters are left alone,
+        or set to 0 with ``overwrite``.
+    overwrite
+        Replace ``out``'s sums by this batch's instead of adding to them.
     """
-    flat = torch.zeros(layout.total, dtype=v.dtype, device=v.device)
-    parts = layout.split(flat)
+    parts = layout.split(out)
     if layout.geometry.kind == "linear":
-        _linear_sums(pair, layout, parts, x, h, v)
+        _linear_sums(layout, parts, x, h, v, overwrite)
     else:
+        if overwrite:
+            out.zero_()
         _conv_sums(pair, layout, parts, x, h, v, chunk_elements)
-    return flat
+    if overwrite:
+        out[-2:] = 0.0
+
+
+def _product(target: Tensor, left: Tensor, right: Tensor, overwrite: bool) -> None:
+    if overwrite:
+        torch.mm(left, right, out=target)
+    else:
+        target.addmm_(left, right)
 
 
 def _with_ones(t: Tensor, bias: bool) -> Tensor:
@@ -94,7 +115,7 @@ def _with_ones(t: Tensor, bias: bool) -> Tensor:
 
 
 def _linear_sums(
-    pair: GrowablePair, layout: SumLayout, parts: dict[str, Tensor], x: Tensor, h: Tensor, v: Tensor
+    layout: SumLayout, parts: dict[str, Tensor], x: Tensor, h: Tensor, v: Tensor, overwrite: bool
 ) -> None:
     """Linear → Linear; extra dimensions between batch and features (sequences) are summed."""
     if x.dim() == 1:
@@ -103,13 +124,17 @@ def _linear_sums(
     x = _with_ones(x, geometry.first_bias)
     r = _with_ones(torch.cat([v, h], dim=-1), geometry.second_bias)  # [v | h]
     x_rows, r_rows = x.reshape(-1, layout.d_x), r.reshape(-1, r.shape[-1])
-    parts["RH"].addmm_(r_rows.T, r_rows[:, layout.d_v :])
-    parts["Sx"].addmm_(x_rows.T, x_rows)
+    _product(parts["RH"], r_rows.T, r_rows[:, layout.d_v :], overwrite)
+    _product(parts["Sx"], x_rows.T, x_rows, overwrite)
     for parity, name in ((0, "XR_even"), (1, "XR_odd")):
         x_part = x[parity::2].reshape(-1, layout.d_x)
         r_part = r[parity::2].reshape(-1, r.shape[-1])
-        parts[name].addmm_(x_part.T, r_part)
-    parts["v_sq"].add_(v.square().sum())
+        if x_part.shape[0]:
+            _product(parts[name], x_part.T, r_part, overwrite)
+        elif overwrite:  # a batch of one sample has no odd position
+            parts[name].zero_()
+    v_sq = v.square().sum()
+    parts["v_sq"].copy_(v_sq) if overwrite else parts["v_sq"].add_(v_sq)
 
 
 def _conv_sums(

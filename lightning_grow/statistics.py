@@ -46,6 +46,10 @@ class PairStatistics:
         processed in chunks of samples to bound memory).
     max_buffer_elements
         Largest moment buffer accepted; larger ones raise :class:`GrowthConfigurationError`.
+    sync_free
+        Decide whether a batch is finite on the device, without a host synchronisation (the
+        batch's sums go through a scratch buffer). Default: on accelerators, not on the CPU
+        (where the check is free and the sums go straight into the accumulators).
 
     Attributes
     ----------
@@ -59,7 +63,7 @@ class PairStatistics:
     -----
     The sums cover only batches whose gradient of ``z2`` was received while the window was open;
     batches whose gradient (or contribution) is not finite are skipped and counted in
-    :attr:`skipped_batches`. The check runs on the device: there is no host synchronisation.
+    :attr:`skipped_batches`.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class PairStatistics:
         dtype: torch.dtype = torch.float32,
         chunk_elements: int = 2**26,
         max_buffer_elements: int = 2**28,
+        sync_free: bool | None = None,
     ) -> None:
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', not {loss_reduction!r}")
@@ -82,10 +87,12 @@ class PairStatistics:
         self.dtype = dtype
         self.chunk_elements = chunk_elements
         self.max_buffer_elements = max_buffer_elements
+        self.sync_free = pair.first.weight.device.type != "cpu" if sync_free is None else sync_free
         self.gradient_scale = 1.0
         self.elapsed_seconds = 0.0
         self._layout = self._checked_layout()
         self._sums: Tensor | None = None  # one flat buffer: every sum, then n and skipped
+        self._scratch: Tensor | None = None  # one batch's sums, reused while the window is open
         self._open = False
         self._generation = 0  # bumped by reset(): gradients of older forwards are ignored
         self._pending_input: Tensor | None = None
@@ -105,10 +112,12 @@ class PairStatistics:
         """Stop accumulating (pending forwards whose backward comes later are ignored)."""
         self._open = False
         self._pending_input = None
+        self._scratch = None
 
     def reset(self) -> None:
         """Drop the sums; the pair may have grown since, so the layout is derived again."""
         self._sums = None
+        self._scratch = None
         self._generation += 1
         self._pending_input = None
         self.elapsed_seconds = 0.0
@@ -243,29 +252,39 @@ class PairStatistics:
                     f"the layers of pair {self.pair.name} changed shape while its statistics "
                     "window was open; call reset() after growing"
                 )
-            batch = grad.shape[0] if grad.dim() > 1 else 1
+            unbatched_dims = 1 if layout.geometry.kind == "linear" else 3
+            batch = 1 if grad.dim() == unbatched_dims else grad.shape[0]
             scale = -self.gradient_scale * (batch if self.loss_reduction == "mean" else 1)
             v = grad.detach().to(self.dtype) * scale
-            sums = batch_sums(
-                self.pair,
-                layout,
-                x.detach().to(self.dtype),
-                h.detach().to(self.dtype),
-                v,
-                self.chunk_elements,
-            )
-            # Accept or drop the whole batch on the device (no host sync): a non-finite batch
-            # contributes zeros and counts as skipped.
-            finite = torch.isfinite(v).all() & torch.isfinite(sums).all()
-            accepted = finite.to(self.dtype)
-            sums[-2] = batch
-            sums[-1] = 0.0
-            sums.nan_to_num_(0.0, 0.0, 0.0)
+            x, h = x.detach().to(self.dtype), h.detach().to(self.dtype)
             if self._sums is None:
-                self._sums = torch.zeros_like(sums)
-            self._sums.addcmul_(sums, accepted)
-            self._sums[-1] += 1.0 - accepted
+                self._sums = v.new_zeros(layout.total)
+            if self.sync_free:
+                self._accumulate_on_device(layout, x, h, v, batch)
+            elif bool(torch.isfinite(x.sum() + h.sum() + v.sum())):  # a free check on the CPU
+                batch_sums(self.pair, layout, x, h, v, self.chunk_elements, self._sums, False)
+                self._sums[-2] += batch
+            else:
+                self._sums[-1] += 1
         self.elapsed_seconds += time.perf_counter() - started
+
+    def _accumulate_on_device(
+        self, layout: SumLayout, x: Tensor, h: Tensor, v: Tensor, batch: int
+    ) -> None:
+        """Accept or drop the batch without a host synchronisation (accelerators)."""
+        assert self._sums is not None
+        scratch = self._scratch
+        if scratch is None or scratch.numel() != layout.total or scratch.device != v.device:
+            # Reused while the window is open: a fresh large buffer per batch is slow to map.
+            scratch = self._scratch = v.new_empty(layout.total)
+        batch_sums(self.pair, layout, x, h, v, self.chunk_elements, scratch, True)
+        # Any inf/NaN in v, x or h reaches v_sq, S or Sx and hence the total: one reduction is
+        # much cheaper than an elementwise isfinite. A rejected batch adds zeros.
+        accepted = torch.isfinite(scratch.sum()).to(self.dtype)
+        scratch[-2] = batch
+        scratch.nan_to_num_(0.0, 0.0, 0.0)
+        self._sums.addcmul_(scratch, accepted)
+        self._sums[-1] += 1.0 - accepted
 
     # ------------------------------------------------------------------ helpers
     def _device(self) -> torch.device:

@@ -140,10 +140,11 @@ def mlp() -> nn.Sequential:
     ).to(F64)  # fmt: skip
 
 
-def test_linear_pair_matches_per_sample_brute_force() -> None:
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_linear_pair_matches_per_sample_brute_force(sync_free: bool) -> None:
     model = mlp()
     pair = find_growable_pairs(model)[0]
-    stats = PairStatistics(pair, dtype=F64)
+    stats = PairStatistics(pair, dtype=F64, sync_free=sync_free)
     data = [(torch.randn(6, 5, dtype=F64), torch.randint(0, 3, (6,))) for _ in range(2)]
     with stats:
         for x, y in data:
@@ -173,7 +174,10 @@ def test_linear_pair_on_sequences_sums_over_positions() -> None:
     ("s1", "p1", "s2", "p2", "chunk"),
     [(1, 0, 2, 0, 2**26), (1, 1, 2, 1, 1), (2, 1, 1, 0, 2**26), (2, 0, 2, 1, 1), (1, 1, 1, 1, 1)],
 )
-def test_conv_pair_matches_brute_force(s1: int, p1: int, s2: int, p2: int, chunk: int) -> None:
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_conv_pair_matches_brute_force(
+    s1: int, p1: int, s2: int, p2: int, chunk: int, sync_free: bool
+) -> None:
     model = nn.Sequential(
         nn.Conv2d(2, 3, 3, stride=s1, padding=p1),
         nn.BatchNorm2d(3),
@@ -185,7 +189,8 @@ def test_conv_pair_matches_brute_force(s1: int, p1: int, s2: int, p2: int, chunk
     x = torch.randn(5, 2, 9, 8, dtype=F64)
     model(x)
     pair = find_growable_pairs(model)[0]
-    stats = PairStatistics(pair, dtype=F64, chunk_elements=chunk)  # chunk=1: one sample a chunk
+    # chunk=1: one sample a chunk
+    stats = PairStatistics(pair, dtype=F64, chunk_elements=chunk, sync_free=sync_free)
     y = torch.randint(0, 3, (5,))
     with stats:
         train_step(model, x, y)
@@ -194,14 +199,15 @@ def test_conv_pair_matches_brute_force(s1: int, p1: int, s2: int, p2: int, chunk
     assert_moments(stats, expected)
 
 
-def test_conv_to_linear_pair_matches_brute_force() -> None:
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_conv_to_linear_pair_matches_brute_force(sync_free: bool) -> None:
     model = nn.Sequential(
         nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.GELU(), nn.Flatten(), nn.Linear(3 * 4 * 3, 4),
         nn.ReLU(), nn.Linear(4, 3),
     ).to(F64)  # fmt: skip
     pair = find_growable_pairs(model)[0]
     assert pair.kind == "conv_linear"
-    stats = PairStatistics(pair, dtype=F64, chunk_elements=1)
+    stats = PairStatistics(pair, dtype=F64, chunk_elements=1, sync_free=sync_free)
     data = [(torch.randn(n, 2, 7, 5, dtype=F64), torch.randint(0, 3, (n,))) for n in (3, 4)]
     with stats:
         for x, y in data:
@@ -283,11 +289,12 @@ def test_gradient_scale_and_loss_reduction() -> None:
         torch.testing.assert_close(getattr(c, name), getattr(a, name))
 
 
-def test_non_finite_batches_are_skipped_entirely() -> None:
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_non_finite_batches_are_skipped_entirely(sync_free: bool) -> None:
     model = mlp()
     pair = find_growable_pairs(model)[0]
     good = (torch.randn(6, 5, dtype=F64), torch.randint(0, 3, (6,)))
-    stats = PairStatistics(pair, dtype=F64)
+    stats = PairStatistics(pair, dtype=F64, sync_free=sync_free)
     with stats:
         train_step(model, *good)
         for poison in (float("inf"), float("nan")):
