@@ -29,18 +29,24 @@ from lightning_grow.topology import find_growable_pairs
 __all__ = ["accumulation_flops", "main"]
 
 
-def accumulation_flops(layout: SumLayout, batch: int, out_positions: int, hidden: int) -> int:
-    """FLOPs (2 per multiply-add) of the GEMMs that accumulate one batch.
+def accumulation_flops(
+    layout: SumLayout, batch: int, out_positions: int, hidden: int
+) -> dict[str, int]:
+    """FLOPs (2 per multiply-add) of the GEMMs that accumulate one batch, per moment.
 
     ``out_positions`` is the number of output positions of ``second`` per sample (1 for a Linear
     ``second``), ``hidden`` the number of hidden positions per sample (1 for Linear → Linear).
+    ``Mx`` and ``P`` include their noise twins (same products, split by sample parity).
     """
-    columns = layout.d_v + layout.d_h
     rows = batch * out_positions  # the contracted dimension of [v | h]-side products
-    flops = 2 * rows * columns * layout.d_h  # [v | h]ᵀ h: M and S
-    flops += 2 * batch * hidden * layout.d_x**2  # Sx
-    flops += 2 * rows * layout.d_x * layout.slots * columns  # XR_even + XR_odd: Mx, P, noise
-    return flops
+    x_rows = layout.d_x * layout.slots
+    return {
+        "M": 2 * rows * layout.d_v * layout.d_h,
+        "S": 2 * rows * layout.d_h * layout.d_h,
+        "Sx": 2 * batch * hidden * layout.d_x**2,
+        "Mx": 2 * rows * x_rows * layout.d_v,
+        "P": 2 * rows * x_rows * layout.d_h,
+    }
 
 
 def _timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
@@ -79,6 +85,7 @@ class Row:
     matmul_ms: float
     step_closed_ms: float
     step_open_ms: float
+    flop_shares: dict[str, float]
 
     @property
     def fraction(self) -> float:
@@ -108,7 +115,8 @@ def bench_pair(
     accumulate_s = _timed(accumulate, repeats, device)
     out_positions = grad[0, 0].numel() if grad.dim() == 4 else 1
     hidden_positions = hidden[0, 0].numel() if hidden.dim() == 4 else 1
-    flops = accumulation_flops(stats._layout, inputs.shape[0], out_positions, hidden_positions)
+    breakdown = accumulation_flops(stats._layout, inputs.shape[0], out_positions, hidden_positions)
+    flops = sum(breakdown.values())
     matmul_s = matmul_seconds_for(flops, repeats, device)
 
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -123,7 +131,10 @@ def bench_pair(
     stats.open()
     open_s = _timed(step, repeats, device)
     stats.remove()
-    return Row(name, flops / 1e9, accumulate_s * 1e3, matmul_s * 1e3, closed_s * 1e3, open_s * 1e3)
+    shares = {moment: count / flops for moment, count in breakdown.items()}
+    return Row(
+        name, flops / 1e9, accumulate_s * 1e3, matmul_s * 1e3, closed_s * 1e3, open_s * 1e3, shares
+    )
 
 
 def print_table(rows: list[Row]) -> None:
@@ -138,6 +149,10 @@ def print_table(rows: list[Row]) -> None:
             f"{row.name:<34} {row.gflop:>8.2f} {row.accumulate_ms:>10.1f} {row.matmul_ms:>10.1f} "
             f"{row.fraction:>9.2f} {row.step_closed_ms:>9.1f} {row.step_open_ms:>14.1f}"
         )
+    print("\nshare of the accumulation FLOPs per moment (Mx and P include their noise twins):")
+    for row in rows:
+        shares = "  ".join(f"{name} {share:.0%}" for name, share in row.flop_shares.items())
+        print(f"{row.name:<34} {shares}")
 
 
 def main(argv: list[str] | None = None) -> list[Row]:

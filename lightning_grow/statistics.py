@@ -208,7 +208,16 @@ class PairStatistics:
                 f"pair {self.pair.name} expects {self._layout.total} flat sums, got shape "
                 f"{tuple(sums.shape)}"
             )
-        self._sums = sums.detach().to(dtype=self.dtype, device=self._device()).clone()
+        if self._sums is not None and self._sums.device == sums.device:
+            self._sums.copy_(sums)
+        else:
+            self._sums = sums.detach().to(dtype=self.dtype, device=self._device()).clone()
+
+    def _live_sums(self) -> Tensor:
+        """The accumulator itself (allocated as zeros when empty): no copy, for reductions."""
+        if self._sums is None:
+            self._sums = torch.zeros(self._layout.total, dtype=self.dtype, device=self._device())
+        return self._sums
 
     # ------------------------------------------------------------------ hooks
     def _capturing(self, module: nn.Module, output: Any) -> bool:
@@ -316,7 +325,9 @@ def reduce_statistics(
     reduce_fn
         Sums a 1-D tensor across ranks (e.g. ``lambda t: strategy.reduce(t, reduce_op="sum")``).
     """
-    flats = [statistics.flat_sums() for statistics in stats]
+    # The buffers can reach gigabytes for wide conv pairs: concatenate the live accumulators
+    # (one copy) and copy the result back in place.
+    flats = [statistics._live_sums() for statistics in stats]
     if not flats:
         return
     reduced = reduce_fn(torch.cat(flats))
