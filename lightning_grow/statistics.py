@@ -48,7 +48,7 @@ class PairStatistics:
         Largest moment buffer accepted; larger ones raise :class:`GrowthConfigurationError`.
     sync_free
         Decide whether a batch is finite on the device, without a host synchronisation (the
-        batch's sums go through a scratch buffer). Default: on accelerators, not on the CPU
+        batch's sums go through a scratch buffer). ``None``: on accelerators, not on the CPU
         (where the check is free and the sums go straight into the accumulators).
 
     Attributes
@@ -87,7 +87,7 @@ class PairStatistics:
         self.dtype = dtype
         self.chunk_elements = chunk_elements
         self.max_buffer_elements = max_buffer_elements
-        self.sync_free = pair.first.weight.device.type != "cpu" if sync_free is None else sync_free
+        self.sync_free = sync_free
         self.gradient_scale = 1.0
         self.elapsed_seconds = 0.0
         self._layout = self._checked_layout()
@@ -168,13 +168,14 @@ class PairStatistics:
         layout = self._layout
         parts = layout.split(self._sums)
         d_x, d_v, d_h, slots = layout.d_x, layout.d_v, layout.d_h, layout.slots
-        xr_total = parts["XR_even"] + parts["XR_odd"]
-        xr_noise = parts["XR_even"] - parts["XR_odd"]
+        # P can be the largest tensor of all (d_x·J·d_h): it stays a view of the divided sum.
+        xr_total = torch.add(parts["XR_even"], parts["XR_odd"]).div_(n)
+        xr_noise = torch.sub(parts["XR_even"], parts["XR_odd"]).div_(n)
 
         def update_from_first(xr: Tensor) -> tuple[Tensor, Tensor]:
             # rows (a, j), columns [v | h]: Mx is reordered to (c, j) columns, c major.
             mx = xr[:, :d_v].reshape(d_x, slots, d_v).transpose(1, 2).reshape(d_x, d_v * slots)
-            return mx / n, xr[:, d_v:].reshape(d_x, slots, d_h) / n
+            return mx.contiguous(), xr[:, d_v:].reshape(d_x, slots, d_h)
 
         mx, p = update_from_first(xr_total)
         mx_noise, p_noise = update_from_first(xr_noise)
@@ -184,12 +185,12 @@ class PairStatistics:
             S=(s + s.T) / (2 * n),
             M=rh[:d_v] / n,
             Sx=(sx + sx.T) / (2 * n),
-            Mx=mx.contiguous(),
-            P=p.contiguous(),
+            Mx=mx,
+            P=p,
             v_sq=parts["v_sq"].reshape(()) / n,
             n=n,
-            Mx_noise=mx_noise.contiguous(),
-            P_noise=p_noise.contiguous(),
+            Mx_noise=mx_noise,
+            P_noise=p_noise,
         )
 
     def flat_sums(self) -> Tensor:
@@ -268,7 +269,8 @@ class PairStatistics:
             x, h = x.detach().to(self.dtype), h.detach().to(self.dtype)
             if self._sums is None:
                 self._sums = v.new_zeros(layout.total)
-            if self.sync_free:
+            sync_free = v.device.type != "cpu" if self.sync_free is None else self.sync_free
+            if sync_free:
                 self._accumulate_on_device(layout, x, h, v, batch)
             elif bool(torch.isfinite(x.sum() + h.sum() + v.sum())):  # a free check on the CPU
                 batch_sums(self.pair, layout, x, h, v, self.chunk_elements, self._sums, False)
