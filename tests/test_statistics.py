@@ -171,18 +171,24 @@ def test_linear_pair_on_sequences_sums_over_positions() -> None:
 
 
 @pytest.mark.parametrize(
-    ("s1", "p1", "s2", "p2", "chunk"),
-    [(1, 0, 2, 0, 2**26), (1, 1, 2, 1, 1), (2, 1, 1, 0, 2**26), (2, 0, 2, 1, 1), (1, 1, 1, 1, 1)],
+    ("s1", "p1", "s2", "p2", "chunk", "biases"),
+    [
+        (1, 0, 2, 0, 2**26, (True, True)),
+        (1, 1, 2, 1, 1, (False, True)),
+        (2, 1, 1, 0, 2**26, (True, False)),
+        (2, 0, 2, 1, 1, (False, False)),
+        (1, 1, 1, 1, 1, (True, True)),
+    ],
 )
 @pytest.mark.parametrize("sync_free", [False, True])
 def test_conv_pair_matches_brute_force(
-    s1: int, p1: int, s2: int, p2: int, chunk: int, sync_free: bool
+    s1: int, p1: int, s2: int, p2: int, chunk: int, biases: tuple[bool, bool], sync_free: bool
 ) -> None:
     model = nn.Sequential(
-        nn.Conv2d(2, 3, 3, stride=s1, padding=p1),
+        nn.Conv2d(2, 3, 3, stride=s1, padding=p1, bias=biases[0]),
         nn.BatchNorm2d(3),
         nn.Tanh(),
-        nn.Conv2d(3, 2, (3, 2), stride=s2, padding=p2),
+        nn.Conv2d(3, 2, (3, 2), stride=s2, padding=p2, bias=biases[1]),
         nn.Flatten(),
         nn.LazyLinear(3),
     ).to(F64)
