@@ -25,6 +25,7 @@ lint format: $(STAMP)
 	$(PY) -m ruff format .
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gromo==0.1.0
 	$(PY) -m benchmarks
 
 clean:

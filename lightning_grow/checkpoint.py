@@ -226,6 +226,14 @@ def enable_resize_on_load(module: nn.Module) -> RemovableHandle:
     return module.register_load_state_dict_pre_hook(_resize_before_load)
 
 
+def is_resize_on_load_enabled(module: nn.Module) -> bool:
+    """Whether ``module.load_state_dict`` already resizes layers (mixin or registered hook)."""
+    if isinstance(module, ResizeOnLoadMixin):
+        return True
+    hooks = module._load_state_dict_pre_hooks.values()
+    return any(getattr(hook, "hook", None) is _resize_before_load for hook in hooks)
+
+
 class ResizeOnLoadMixin:
     """Let a module load grown checkpoints: ``class Net(ResizeOnLoadMixin, L.LightningModule)``.
 

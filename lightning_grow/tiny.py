@@ -10,6 +10,7 @@ Pipeline (:func:`compute_candidates`)
    ``E‖v‖² - tr(M S⁺ Mᵀ)`` when nothing is damped or rescaled, and stays exact when it is).
 2. ``N = Mx - einsum("xji,ci->xcj", P, ΔW*)`` = ``E[x Ψᵀ]`` in ``(c, j)`` slot layout.
 3. ``Sx^{-1/2} N = Σ λ_k u_k w_kᵀ``; TINY's neurons are ``α_k = √λ_k Sx^{-1/2} u_k``,
+   (for ``J > 1`` slots with ``Sx/J``, the per-slot average, in place of ``Sx``: see below),
    ``ω_k = √λ_k w_k``. For a linear activation and exact moments, adding them (with ``ΔW*``
    applied) lowers ``E‖Ψ‖²`` by exactly ``Σ_{k≤K} λ_k²``. For conv→conv the statistics use the
    authors' ``Sx = Σ_p c_p x_p x_pᵀ`` (cross-offset terms neglected, MATH.md §5), so there the
@@ -242,17 +243,22 @@ def _significance_threshold(
     if rank == 0 or noise_correlation.numel() == 0:
         return 0.0
     d_x, slots, _ = P.shape
-    whitened_p = torch.einsum("ax,xji->jai", whitener, P)
-    used_up = symmetrise(whitened_p @ S_pinv @ whitened_p.transpose(1, 2))
-    eigenvalues, eigenvectors = torch.linalg.eigh(used_up)
+    # A_j = F_j F_jᵀ has rank ≤ d_h, so (I - A_j)^{1/2} = I - U_j (I - (I - Σ_j²)^{1/2}) U_jᵀ from
+    # the thin SVD F_j = U_j Σ_j V_jᵀ: a d_h × d_h eigendecomposition per slot instead of a
+    # d_x × d_x one (d_x is 4608 for a ResNet's 512-channel 3×3 conv).
+    values, vectors = torch.linalg.eigh(symmetrise(S_pinv))
+    root = (vectors * values.clamp_min(0.0).sqrt()) @ vectors.T
+    factor = torch.einsum("ax,xji->jai", whitener, P) @ root
+    used, basis = torch.linalg.eigh(symmetrise(factor.transpose(1, 2) @ factor))
     # A ⪯ I holds exactly (S ⪰ Pᵀ Sx⁺ P); the clamp only absorbs round-off.
-    left_over = (eigenvectors * (1.0 - eigenvalues).clamp(0.0, 1.0).sqrt().unsqueeze(1)) @ (
-        eigenvectors.transpose(1, 2)
-    )
-    whitened_noise = (whitener @ noise_correlation).reshape(d_x, -1, slots)
-    reference = torch.einsum("jab,bcj->acj", left_over, whitened_noise).reshape(d_x, -1)
-    floor = float(torch.linalg.matrix_norm(reference, ord=2))
-    spent = float(eigenvalues.clamp(0.0, 1.0).sum(dim=1).mean())
+    used = used.clamp(0.0, 1.0)
+    keep = used > 1e-12 * float(used.max().clamp_min(1e-300))
+    directions = factor @ basis / used.clamp_min(1e-300).sqrt().unsqueeze(1) * keep.unsqueeze(1)
+    shrink = (1.0 - (1.0 - used).sqrt()) * keep
+    noise = (whitener @ noise_correlation).reshape(d_x, -1, slots).permute(2, 0, 1)
+    reference = noise - directions @ (shrink.unsqueeze(2) * (directions.transpose(1, 2) @ noise))
+    floor = float(torch.linalg.matrix_norm(reference.permute(1, 2, 0).reshape(d_x, -1), ord=2))
+    spent = float(used.sum(dim=1).mean())
     return noise_multiplier(max(1.0, rank - spent), margin) * floor
 
 
@@ -381,6 +387,16 @@ def compute_candidates(
     correlation = bottleneck_correlation(moments.Mx, moments.P, delta_w)
     singular_values, alpha, omega = _tiny_neurons(whitener, correlation, count)
     singular_values = singular_values[:count]
+    slots = geometry.num_slots
+    if slots > 1:
+        # Sx sums the per-slot moments over the J slots, but each slot's output weights pay
+        # only for their own slot: the quadratic term of the approximated objective is
+        # ‖ω‖² αᵀ (Sx/J) α. Whitening with (Sx/J)^{-1/2} = √J Sx^{-1/2} scales every λ by √J,
+        # α by J^{3/4} and ω by J^{1/4}, so that gains are comparable across layer kinds. The
+        # significance test below keeps Sx (a common scale factor cancels in λ / floor).
+        singular_values = singular_values * math.sqrt(slots)
+        alpha = alpha * slots**0.75
+        omega = omega * slots**0.25
     if method == "gradmax":
         alpha, omega = _gradmax_neurons(moments.Mx, count)
     elif method == "random":
@@ -399,6 +415,7 @@ def compute_candidates(
         margin=significance_margin,
         rank=psd_rank(moments.Sx, eig_cutoff=eig_cutoff),
     )
+    noise_level *= math.sqrt(slots)  # on the scale of the reported λ
     num_significant = int((singular_values > noise_level).sum())  # λ are sorted: a prefix
 
     return GrowthCandidates(

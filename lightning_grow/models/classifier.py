@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_grow.checkpoint import ResizeOnLoadMixin
+
 __all__ = ["ClassifierModule"]
 
 # The instantiator LightningCLI records in hyperparameters; load_from_checkpoint trusts it and
@@ -34,7 +36,7 @@ def _describe_factory(factory: Any) -> dict[str, Any] | None:
     return {"class_path": f"{factory.__module__}.{factory.__qualname__}", "init_args": init_args}
 
 
-class ClassifierModule(LightningModule):
+class ClassifierModule(ResizeOnLoadMixin, LightningModule):
     """Cross-entropy classification of whatever ``backbone`` computes, with accuracy metrics.
 
     Logs ``train/loss`` (every step), ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss`` and

@@ -1,0 +1,141 @@
+"""Lightning plumbing for the callback: quiet loss evaluation, DDP re-wrap, precision details."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from torch import Tensor, nn
+
+LossFn = Callable[["pl.LightningModule", Any], Tensor]
+
+
+def check_strategy(strategy: Any) -> None:
+    """Refuse strategies whose parameters are sharded or wrapped beyond plain DDP."""
+    if isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+        return
+    name = type(strategy).__name__
+    raise ValueError(
+        f"GrowthCallback supports single-device training and DDP (strategy='ddp' or "
+        f"'ddp_spawn'), not {name}: sharded strategies such as FSDP and DeepSpeed split "
+        f"parameters across ranks, so layers cannot be widened in place. Use strategy='ddp'."
+    )
+
+
+def rewrap_ddp(trainer: pl.Trainer) -> None:
+    """Rebuild the DDP wrapper after parameters were replaced (keeps the user's DDP options)."""
+    strategy = trainer.strategy
+    if not isinstance(strategy, DDPStrategy):
+        return
+    wrapped = strategy.model
+    if isinstance(wrapped, nn.parallel.DistributedDataParallel):
+        # The old reducer still holds autograd hooks on the parameters that did not change.
+        wrapped._remove_autograd_hooks()
+    strategy.model = strategy.lightning_module
+    strategy.configure_ddp()
+
+
+def gradient_scale(trainer: pl.Trainer) -> float:
+    """Factor that turns a captured ∂(loss)/∂z into the gradient of the mean training loss.
+
+    Lightning divides the loss by ``accumulate_grad_batches`` before backward, and 16-bit AMP
+    multiplies it by the GradScaler's scale.
+    """
+    scale = float(trainer.accumulate_grad_batches)
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    if scaler is not None and scaler.is_enabled():
+        scale /= float(scaler.get_scale())
+    return scale
+
+
+def default_loss(pl_module: pl.LightningModule, batch: Any) -> Tensor:
+    """The module's own ``training_step`` loss (a tensor, or the ``"loss"`` of a dict)."""
+    output = pl_module.training_step(batch, 0)
+    if isinstance(output, dict):
+        output = output.get("loss")
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            "GrowthCallback evaluates candidate neurons with your training_step, which must "
+            "return the loss tensor or a dict with a 'loss' tensor; it returned "
+            f"{type(output).__name__}. Pass GrowthCallback(loss_fn=lambda module, batch: ...)."
+        )
+    return output
+
+
+def _metric_modules(module: nn.Module) -> list[nn.Module]:
+    try:
+        from torchmetrics import Metric
+    except ImportError:  # pragma: no cover - torchmetrics is a dependency
+        return []
+    return [m for m in module.modules() if isinstance(m, Metric)]
+
+
+def _snapshot_metric(metric: Any) -> dict[str, Any]:
+    state = {name: copy.copy(getattr(metric, name)) for name in metric._defaults}
+    for name in ("_update_count", "_computed", "_forward_cache"):
+        state[name] = copy.copy(getattr(metric, name, None))
+    return state
+
+
+@contextmanager
+def quiet_evaluation(pl_module: pl.LightningModule) -> Iterator[None]:
+    """Eval mode and no grad; ``self.log`` and torchmetrics updates leave no trace.
+
+    Module train/eval flags are restored exactly, including modules the user froze in eval mode.
+    """
+    modes = [(m, m.training) for m in pl_module.modules()]
+    metrics = [(m, _snapshot_metric(m)) for m in _metric_modules(pl_module)]
+
+    def silent(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    pl_module.__dict__["log"] = silent
+    pl_module.__dict__["log_dict"] = silent
+    pl_module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        pl_module.__dict__.pop("log", None)
+        pl_module.__dict__.pop("log_dict", None)
+        for module, training in modes:
+            module.training = training
+        for metric, state in metrics:
+            for name, value in state.items():
+                setattr(metric, name, value)
+
+
+def batch_size_of(batch: Any) -> int:
+    """Leading dimension of the first tensor in a (nested) batch."""
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, dict):
+        values = list(batch.values())
+    elif isinstance(batch, (list, tuple)):
+        values = list(batch)
+    else:
+        values = []
+    for value in values:
+        try:
+            return batch_size_of(value)
+        except TypeError:
+            continue
+    raise TypeError(f"cannot find a tensor in the training batch of type {type(batch).__name__}")
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """Move every tensor of a (nested) batch."""
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(to_device(value, device) for value in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch

@@ -1,0 +1,627 @@
+"""GrowthCallback: the TINY growth cycle inside Lightning's training loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from lightning_grow._lightning import (
+    LossFn,
+    batch_size_of,
+    check_strategy,
+    default_loss,
+    gradient_scale,
+    quiet_evaluation,
+    rewrap_ddp,
+    to_device,
+)
+from lightning_grow.checkpoint import enable_resize_on_load, is_resize_on_load_enabled
+from lightning_grow.events import GrowthEvent
+from lightning_grow.logging import GrowthReporter
+from lightning_grow.planner import GrowthConfig, PlannedGrowth, plan_growth
+from lightning_grow.policy import GrowthSchedule, Phase
+from lightning_grow.statistics import PairStatistics, reduce_statistics
+from lightning_grow.surgery import NewNeurons, grow_pair
+from lightning_grow.topology import (
+    GrowablePair,
+    GrowthConfigurationError,
+    find_growable_pairs,
+    pairs_from_names,
+)
+
+__all__ = ["GrowthCallback"]
+
+PairSpec = str | tuple[str, str] | Mapping[str, str]
+
+
+class GrowthCallback(Callback):
+    """Grow a plain ``torch.nn`` network while it trains, with TINY's optimal new neurons.
+
+    During ordinary training steps the callback gathers, for every growable layer pair, the
+    moments of MATH.md §2 (hooks, no extra passes). At each decision it computes the expressivity
+    bottleneck and the optimal new neurons of every pair, keeps the neurons that are
+    statistically significant and realise enough of the desired update, scales them by a line
+    search on held-out training batches, widens the layers, re-points the optimizer (momentum and
+    Adam moments kept) and logs the event.
+
+    Every argument is keyword-only and has a default that suits a typical small model.
+
+    Parameters
+    ----------
+    pairs
+        ``"auto"`` (discover every growable pair with torch.fx), a list of explicit pairs
+        (``"fc1 -> fc2"``, ``("fc1", "fc2")`` or ``{"first", "second", "batch_norm",
+        "activation"}``, names relative to ``network``), or a predicate that filters the
+        discovered pairs.
+    network
+        Attribute name of the network inside the LightningModule (e.g. ``"backbone"``).
+        ``None``: trace the LightningModule itself, else its largest child module.
+    method
+        ``"tiny"`` (optimal neurons), ``"gradmax"`` (α = 0, ω from the gradient) or ``"random"``
+        (Kaiming α, ω = 0). Where and how many neurons are added is decided by TINY's analysis for
+        every method, so methods compare at the same schedule.
+    warmup_steps
+        Optimizer steps before the first statistics window.
+    statistics_samples
+        Samples per statistics window. ``None``: ``max(512, 2 × the largest moment dimension)``
+        of the pairs, so bigger layers get more samples.
+    held_samples
+        Training samples held out (after each window) for the amplitude search.
+    cooldown_steps
+        Optimizer steps between a decision and the next window.
+    max_window_extensions
+        When a pair does not grow, its statistics keep accumulating through up to this many
+        further windows (more samples make weaker bottlenecks significant) before they restart.
+    stop_step, stop_epoch, stop_fraction
+        No growth at or after this optimizer step, epoch, or fraction of the estimated total
+        steps (``stop_fraction=0.5``: the second half of training trains the final network).
+    patience
+        Stop growing after this many consecutive decisions in which no pair had a significant
+        neuron (``None``: never).
+    gain_threshold
+        Minimum expressivity gain, the share ``λ_k² / E‖v‖²`` of the desired update, that each
+        new neuron must realise.
+    significance_margin
+        How far above the sampling-noise floor a singular value must be to count as signal, in
+        standard deviations of the worst-case noise law (see ``lightning_grow.tiny``). 1.0 admits
+        at most ~16 % false positives per pair and decision in the worst case (far fewer for
+        isotropic noise); each accepted neuron must still lower the held-out loss.
+    max_neurons_per_event
+        Cap on neurons per pair per decision. ``None``: the pair's current width (at most
+        doubling).
+    max_width
+        Width cap for every pair, or a ``{pair name: cap}`` mapping.
+    max_parameters
+        Parameter budget of the network; pairs with the best gain per parameter are served first.
+    min_loss_decrease
+        Minimum relative loss decrease on the held-out batches for TINY neurons to be accepted.
+    amplitude_range
+        Smallest and largest amplitude of the doubling line search.
+    loss_fn
+        ``loss_fn(pl_module, batch) -> loss`` for the amplitude search. ``None``: the module's
+        ``training_step`` (its logging and metric updates are suppressed meanwhile).
+    loss_reduction
+        How the training loss reduces over the batch (``"mean"`` or ``"sum"``); per-sample
+        gradients are recovered from it.
+    seed
+        Seed for random initialisations (broadcast from rank 0 under DDP).
+    verbose
+        One console line per growth and a final architecture table (rank 0).
+    wandb_tables
+        With a ``WandbLogger``: log a growth-events table and a width chart.
+    """
+
+    def __init__(
+        self,
+        *,
+        pairs: str | Sequence[PairSpec] | Callable[[GrowablePair], bool] = "auto",
+        network: str | None = None,
+        method: Literal["tiny", "gradmax", "random"] = "tiny",
+        warmup_steps: int = 0,
+        statistics_samples: int | None = None,
+        held_samples: int = 256,
+        cooldown_steps: int = 0,
+        max_window_extensions: int = 7,
+        stop_step: int | None = None,
+        stop_epoch: int | None = None,
+        stop_fraction: float | None = 0.5,
+        patience: int | None = 3,
+        gain_threshold: float = 0.005,
+        significance_margin: float = 1.0,
+        max_neurons_per_event: int | None = None,
+        max_width: int | dict[str, int] | None = None,
+        max_parameters: int | None = None,
+        min_loss_decrease: float = 1e-3,
+        amplitude_range: tuple[float, float] = (2.0**-12, 64.0),
+        loss_fn: LossFn | None = None,
+        loss_reduction: Literal["mean", "sum"] = "mean",
+        seed: int = 0,
+        verbose: bool = True,
+        wandb_tables: bool = True,
+    ) -> None:
+        _check_arguments(locals())
+        self.pairs_spec = pairs
+        self.network_name = network
+        self.warmup_steps = warmup_steps
+        self.statistics_samples = statistics_samples
+        self.held_samples = held_samples
+        self.cooldown_steps = cooldown_steps
+        self.max_window_extensions = max_window_extensions
+        self.stop_step, self.stop_epoch, self.stop_fraction = stop_step, stop_epoch, stop_fraction
+        self.patience = patience
+        self.loss_fn = loss_fn
+        self.loss_reduction = loss_reduction
+        self.config = GrowthConfig(
+            method=method,
+            gain_threshold=gain_threshold,
+            max_neurons_per_event=max_neurons_per_event,
+            max_width=max_width,
+            max_parameters=max_parameters,
+            min_loss_decrease=min_loss_decrease,
+            amplitude_range=tuple(amplitude_range),  # type: ignore[arg-type]
+            seed=seed,
+            solver_options={"significance_margin": significance_margin},
+        )
+        self.reporter = GrowthReporter(verbose=verbose, wandb_tables=wandb_tables)
+
+        self.pairs: list[GrowablePair] = []
+        self.network: nn.Module | None = None
+        self.history: list[GrowthEvent] = []
+        self.initial_widths: dict[str, int] = {}
+        self.timings: dict[str, float] = dict.fromkeys(
+            ("statistics", "solve", "search", "surgery"), 0.0
+        )
+        self.schedule: GrowthSchedule | None = None
+        self._statistics: dict[str, PairStatistics] = {}
+        self._extensions: dict[str, int] = {}
+        self._held: list[Any] = []
+        self._pending_state: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ setup and teardown
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            check_strategy(trainer.strategy)
+            _check_spawned_parent_can_reload(trainer, pl_module)
+        # Grown checkpoints hold larger tensors than a freshly built model: resize on load.
+        enable_resize_on_load(pl_module)
+        if stage != "fit":
+            return
+        self.network, prefix = self._find_network(pl_module)
+        self.pairs = self._find_pairs(self.network, prefix)
+        if not self.initial_widths:
+            self.initial_widths = {pair.name: pair.width for pair in self.pairs}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._statistics = {pair.name: self._new_statistics(pair) for pair in self.pairs}
+        self._extensions = dict.fromkeys(self._statistics, 0)
+        self.reporter.on_fit_start(trainer, self.widths, self.total_parameters, self.history)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_statistics()
+        self.reporter.on_fit_end(
+            trainer,
+            self.initial_widths,
+            self.widths,
+            {pair.name: _pair_parameters(pair) for pair in self.pairs},
+            self.total_parameters,
+        )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_statistics()
+        self._held = []
+
+    # ------------------------------------------------------------------ the cycle
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.schedule is None:
+            self.schedule = self._build_schedule(trainer, batch)
+        phase = self.schedule.advance(trainer.global_step)
+        if phase is Phase.COLLECT:
+            scale = gradient_scale(trainer)
+            for statistics in self._statistics.values():
+                statistics.gradient_scale = scale
+                if not statistics.is_open:
+                    statistics.open()
+            return
+        self._close_statistics()
+        if phase is Phase.HOLD and trainer.is_global_zero:
+            self._held.append(batch)
+        elif phase is Phase.STOPPED:
+            self._remove_statistics()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # Never between a backward and its optimizer step: only after a real step, and on a
+        # condition (global step) that is identical on every rank.
+        if trainer.fit_loop._should_accumulate() or self.schedule is None:
+            return
+        if self.schedule.ready_to_decide(trainer.global_step):
+            self._decide(trainer, pl_module)
+
+    def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.schedule is not None
+        started = time.perf_counter()
+        statistics = [self._statistics[pair.name] for pair in self.pairs]
+        if trainer.world_size > 1:
+            reduce_statistics(statistics, lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+        hook_seconds = 0.0
+        for s in statistics:
+            hook_seconds += s.elapsed_seconds
+            s.elapsed_seconds = 0.0
+        statistics_seconds = time.perf_counter() - started + hook_seconds
+
+        payload: dict[str, Any] | None = None
+        if trainer.is_global_zero:
+            payload = self._plan(trainer, pl_module, statistics_seconds)
+        payload = trainer.strategy.broadcast(payload, src=0)
+        assert payload is not None
+
+        geometries = {pair.name: pair.geometry() for pair in self.pairs}
+        started = time.perf_counter()
+        self._apply(trainer, payload["growth"])
+        surgery_seconds = time.perf_counter() - started
+
+        events = [GrowthEvent.from_dict(record) for record in payload["events"]]
+        for event in events:
+            event.timings["surgery"] = surgery_seconds / max(len(events), 1)
+            for phase, seconds in event.timings.items():
+                self.timings[phase] += seconds
+        self.history.extend(events)
+        extending = self._next_windows(trainer, geometries, events)
+        self._held = []
+        self.schedule.decided(
+            trainer.global_step,
+            any_significant=payload["any_significant"] or extending,
+        )
+        self.reporter.on_decision(trainer, events, self.widths, self.total_parameters)
+
+    def _next_windows(
+        self, trainer: pl.Trainer, geometries: dict[str, Any], events: list[GrowthEvent]
+    ) -> bool:
+        """Start each pair's next statistics window; return whether any window is extended.
+
+        A pair that did not grow and whose shapes did not change keeps its statistics and adds
+        the next window's samples to them (up to ``max_window_extensions`` windows): "not
+        significant with n samples" calls for more samples, not for giving up. A pair that grew,
+        or whose neighbour's growth changed its shapes, starts afresh.
+        """
+        accepted = {event.pair for event in events if event.accepted}
+        extending = False
+        for pair in self.pairs:
+            name = pair.name
+            statistics = self._statistics[name]
+            if pair.geometry() != geometries[name]:
+                statistics.remove()
+                self._statistics[name] = self._new_statistics(pair)
+                self._extensions[name] = 0
+            elif name not in accepted and self._extensions[name] < self.max_window_extensions:
+                self._extensions[name] += 1
+                extending = True
+                if not trainer.is_global_zero:
+                    # After the reduction every rank holds the global sums: only rank 0 keeps
+                    # them, so the next reduction counts every sample once.
+                    statistics.reset()
+            else:
+                statistics.reset()
+                self._extensions[name] = 0
+        return extending
+
+    def _plan(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, statistics_seconds: float
+    ) -> dict[str, Any]:
+        assert self.schedule is not None
+        moments = {name: s.moments() for name, s in self._statistics.items()}
+        loss_fn = self.loss_fn or default_loss
+        held = list(self._held)
+
+        def evaluate() -> float:
+            total, count = 0.0, 0
+            for batch in held:
+                size = batch_size_of(batch)
+                total += float(loss_fn(pl_module, batch)) * size
+                count += size
+            return total / max(count, 1)
+
+        with quiet_evaluation(pl_module):
+            planned, events, any_significant = plan_growth(
+                self.pairs,
+                moments,
+                evaluate,
+                self.config,
+                total_parameters=self.total_parameters,
+                step=trainer.global_step,
+                epoch=trainer.current_epoch,
+                decision_index=self.schedule.decisions,
+                statistics_seconds=statistics_seconds,
+            )
+        return {
+            "growth": [_to_payload(item) for item in planned],
+            "events": [event.to_dict() for event in events],
+            "any_significant": any_significant,
+        }
+
+    def _apply(self, trainer: pl.Trainer, growth: list[tuple[str, dict[str, Any]]]) -> set[str]:
+        """Install the planned neurons on this rank; return the names of the grown pairs."""
+        by_name = {pair.name: pair for pair in self.pairs}
+        grown: set[str] = set()
+        for name, tensors in growth:
+            pair = by_name[name]
+            device = pair.first.weight.device
+            tensors = _fit_to_current_shapes(pair, to_device(tensors, device))
+            neurons = NewNeurons(**tensors)
+            grow_pair(pair, neurons, trainer.optimizers)
+            grown.add(name)
+        if grown:
+            rewrap_ddp(trainer)
+        return grown
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def widths(self) -> dict[str, int]:
+        """Current hidden width of every pair."""
+        return {pair.name: pair.width for pair in self.pairs}
+
+    @property
+    def total_parameters(self) -> int:
+        """Parameters of the network being grown."""
+        if self.network is None:
+            return 0
+        return sum(p.numel() for p in self.network.parameters())
+
+    def _find_network(self, pl_module: pl.LightningModule) -> tuple[nn.Module, str]:
+        if self.network_name is not None:
+            network = pl_module.get_submodule(self.network_name)
+            return network, self.network_name
+        try:
+            if find_growable_pairs(pl_module):
+                return pl_module, ""
+        except Exception:  # any tracing failure means: look at the children
+            pass
+        children = [
+            (name, child)
+            for name, child in pl_module.named_children()
+            if any(True for _ in child.parameters())
+        ]
+        if not children:
+            raise GrowthConfigurationError(
+                f"{type(pl_module).__name__} has no submodule with parameters to grow"
+            )
+        name, child = max(children, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+        return child, name
+
+    def _find_pairs(self, network: nn.Module, prefix: str) -> list[GrowablePair]:
+        spec = self.pairs_spec
+        if spec == "auto":
+            pairs = find_growable_pairs(network)
+        elif callable(spec):
+            pairs = find_growable_pairs(network, predicate=spec)
+        else:
+            pairs = pairs_from_names(network, list(spec))  # type: ignore[arg-type]
+        if not pairs:
+            raise GrowthConfigurationError(
+                "GrowthCallback found no growable layer pair to grow (after filtering). "
+                "Pass pairs=[('first', 'second')] to name them explicitly."
+            )
+        if prefix:
+            pairs = [
+                dataclasses.replace(
+                    pair,
+                    first_name=f"{prefix}.{pair.first_name}",
+                    second_name=f"{prefix}.{pair.second_name}",
+                    batch_norm_name=(
+                        f"{prefix}.{pair.batch_norm_name}" if pair.batch_norm_name else None
+                    ),
+                )
+                for pair in pairs
+            ]
+        return pairs
+
+    def _new_statistics(self, pair: GrowablePair) -> PairStatistics:
+        return PairStatistics(pair, loss_reduction=self.loss_reduction)
+
+    def _close_statistics(self) -> None:
+        for statistics in self._statistics.values():
+            if statistics.is_open:
+                statistics.close()
+
+    def _remove_statistics(self) -> None:
+        for statistics in self._statistics.values():
+            statistics.remove()
+        self._statistics = {}
+
+    def _build_schedule(self, trainer: pl.Trainer, batch: Any) -> GrowthSchedule:
+        # The batch size of rank 0 sets the window length so all ranks agree on the schedule.
+        local_batch = batch_size_of(batch)
+        batch_size = int(trainer.strategy.broadcast(local_batch, src=0))
+        per_step = batch_size * trainer.accumulate_grad_batches
+        window_samples = self.statistics_samples or max(
+            [512] + [2 * _moment_dimension(pair) for pair in self.pairs]
+        )
+        window_steps = math.ceil(window_samples / (per_step * trainer.world_size))
+        hold_steps = math.ceil(self.held_samples / per_step)
+        schedule = GrowthSchedule(
+            warmup_steps=self.warmup_steps,
+            window_steps=max(window_steps, 1),
+            hold_steps=max(hold_steps, 1),
+            cooldown_steps=self.cooldown_steps,
+            stop_step=self._stop_step(trainer),
+            patience=self.patience,
+        )
+        if self._pending_state is not None:
+            self._restore_in_flight(schedule, self._pending_state)
+            self._pending_state = None
+        return schedule
+
+    def _stop_step(self, trainer: pl.Trainer) -> int | None:
+        stops: list[int] = []
+        if self.stop_step is not None:
+            stops.append(self.stop_step)
+        total = trainer.estimated_stepping_batches
+        if self.stop_fraction is not None and math.isfinite(total):
+            stops.append(int(self.stop_fraction * total))
+        if self.stop_epoch is not None and math.isfinite(total) and trainer.max_epochs:
+            steps_per_epoch = total / max(trainer.max_epochs, 1)
+            stops.append(int(self.stop_epoch * steps_per_epoch))
+        return min(stops) if stops else None
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "history": [event.to_dict() for event in self.history],
+            "initial_widths": dict(self.initial_widths),
+            "timings": dict(self.timings),
+        }
+        if self.schedule is not None:
+            state["schedule"] = self.schedule.state_dict()
+            # An interrupted window resumes where it was (rank 0's partial sums under DDP).
+            state["statistics"] = {
+                name: s.flat_sums().cpu() for name, s in self._statistics.items()
+            }
+            state["held"] = [to_device(batch, "cpu") for batch in self._held]
+            state["extensions"] = dict(self._extensions)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [GrowthEvent.from_dict(record) for record in state_dict["history"]]
+        self.initial_widths = dict(state_dict["initial_widths"])
+        self.timings.update(state_dict.get("timings", {}))
+        if "schedule" in state_dict:
+            self._pending_state = state_dict
+            self.schedule = None
+
+    def _restore_in_flight(self, schedule: GrowthSchedule, state: dict[str, Any]) -> None:
+        schedule.load_state_dict(state["schedule"])
+        self._extensions.update(state.get("extensions", {}))
+        for name, sums in state.get("statistics", {}).items():
+            if name in self._statistics:
+                device = next(iter(self._statistics[name].pair.first.parameters())).device
+                self._statistics[name].load_flat_sums(sums.to(device))
+        device = self.pairs[0].first.weight.device if self.pairs else "cpu"
+        self._held = [to_device(batch, device) for batch in state.get("held", [])]
+
+
+def _check_spawned_parent_can_reload(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """ddp_spawn copies rank 0's weights back into the launching process's (ungrown) model."""
+    start_method = getattr(trainer.strategy, "_start_method", "popen")
+    if start_method == "popen" or is_resize_on_load_enabled(pl_module):
+        return
+    name = type(pl_module).__name__
+    raise GrowthConfigurationError(
+        f"With strategy 'ddp_spawn', Lightning loads the grown weights back into your original "
+        f"{name} after fit, which needs it to accept larger tensors. Declare "
+        f"`class {name}(ResizeOnLoadMixin, LightningModule)` (from lightning_grow.checkpoint) "
+        f"or call `enable_resize_on_load(model)` before trainer.fit, or use strategy='ddp'."
+    )
+
+
+def _fit_to_current_shapes(pair: GrowablePair, tensors: dict[str, Any]) -> dict[str, Any]:
+    """Zero-pad planned neurons for units a neighbouring pair added in the same decision.
+
+    Adjacent pairs share a layer (``second`` of one is ``first`` of the next). Candidates were
+    computed and tried on the model before this decision, so the new units of two neighbouring
+    pairs are not connected to each other: zero weights between them.
+    """
+    first_weight, second_weight = tensors["first_weight"], tensors["second_weight"]
+    missing_inputs = pair.first.weight.shape[1] - first_weight.shape[1]
+    if missing_inputs > 0:
+        shape = (first_weight.shape[0], missing_inputs, *first_weight.shape[2:])
+        padding = first_weight.new_zeros(shape)
+        tensors["first_weight"] = torch.cat([first_weight, padding], dim=1)
+    missing_outputs = pair.second.weight.shape[0] - second_weight.shape[0]
+    if missing_outputs > 0:
+        padding = second_weight.new_zeros((missing_outputs, *second_weight.shape[1:]))
+        tensors["second_weight"] = torch.cat([second_weight, padding], dim=0)
+    return tensors
+
+
+def _to_payload(item: PlannedGrowth) -> tuple[str, dict[str, Any]]:
+    neurons = item.neurons
+    fields = {
+        "first_weight": neurons.first_weight,
+        "first_bias": neurons.first_bias,
+        "second_weight": neurons.second_weight,
+        "bn_bias": neurons.bn_bias,
+        "bn_running_mean": neurons.bn_running_mean,
+        "bn_running_var": neurons.bn_running_var,
+    }
+    return item.pair.name, {
+        key: None if value is None else value.detach().cpu() for key, value in fields.items()
+    }
+
+
+def _moment_dimension(pair: GrowablePair) -> int:
+    geometry = pair.geometry()
+    return max(geometry.d_x, geometry.d_h, geometry.d_v * geometry.num_slots)
+
+
+def _pair_parameters(pair: GrowablePair) -> int:
+    """Parameters of the pair's own layers: ``first``, its BatchNorm and ``second``."""
+    modules = [pair.first, pair.second] + ([pair.batch_norm] if pair.batch_norm else [])
+    return sum(p.numel() for module in modules for p in module.parameters())
+
+
+def _check_arguments(arguments: dict[str, Any]) -> None:
+    """Reject bad arguments at construction, with the argument's name and the valid range."""
+    if arguments["method"] not in ("tiny", "gradmax", "random"):
+        raise ValueError(
+            f"method must be 'tiny', 'gradmax' or 'random', got {arguments['method']!r}"
+        )
+    if arguments["loss_reduction"] not in ("mean", "sum"):
+        raise ValueError(
+            f"loss_reduction must be 'mean' or 'sum', got {arguments['loss_reduction']!r}"
+        )
+    pairs = arguments["pairs"]
+    if isinstance(pairs, str) and pairs != "auto":
+        raise ValueError(
+            f"pairs must be 'auto', a list of pairs or a predicate, got {pairs!r}; "
+            f"for one pair write pairs=[{pairs!r}]"
+        )
+    non_negative = (
+        "warmup_steps",
+        "cooldown_steps",
+        "max_window_extensions",
+        "gain_threshold",
+        "min_loss_decrease",
+    )
+    for name in non_negative:
+        if arguments[name] < 0:
+            raise ValueError(f"{name} must be >= 0, got {arguments[name]}")
+    positive = (
+        "held_samples",
+        "statistics_samples",
+        "stop_step",
+        "stop_epoch",
+        "patience",
+        "max_neurons_per_event",
+        "max_parameters",
+    )
+    for name in positive:
+        value = arguments[name]
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive integer or None, got {value}")
+    fraction = arguments["stop_fraction"]
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        raise ValueError(f"stop_fraction must be in (0, 1] or None, got {fraction}")
+    low, high = arguments["amplitude_range"]
+    if not 0.0 < low <= high:
+        raise ValueError(f"amplitude_range must satisfy 0 < low <= high, got {(low, high)}")
+    max_width = arguments["max_width"]
+    if isinstance(max_width, int) and max_width < 1:
+        raise ValueError(f"max_width must be >= 1, got {max_width}")
+    if arguments["loss_fn"] is not None and not callable(arguments["loss_fn"]):
+        raise TypeError("loss_fn must be callable as loss_fn(pl_module, batch) -> loss tensor")

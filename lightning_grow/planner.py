@@ -1,0 +1,267 @@
+"""One growth decision: moments → candidates → selection → amplitude → neurons to install.
+
+Runs on one process (rank 0 under DDP) and knows nothing about Lightning: the model's loss on the
+held-out batches comes in as a closure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lightning_grow.amplitude import CandidateNeurons, inject, measure_activity, search_amplitude
+from lightning_grow.events import GrowthEvent
+from lightning_grow.moments import PairMoments
+from lightning_grow.policy import PairDecision, select_growth
+from lightning_grow.tiny import GrowthCandidates, compute_candidates
+from lightning_grow.topology import GrowablePair
+
+__all__ = ["GrowthConfig", "PlannedGrowth", "parameters_per_neuron", "plan_growth"]
+
+Method = Literal["tiny", "gradmax", "random"]
+
+
+@dataclass
+class GrowthConfig:
+    """Decision parameters shared by every pair (documented on :class:`GrowthCallback`)."""
+
+    method: Method = "tiny"
+    gain_threshold: float = 0.005
+    max_neurons_per_event: int | None = None
+    max_width: int | Mapping[str, int] | None = None
+    max_parameters: int | None = None
+    min_loss_decrease: float = 1e-3
+    amplitude_range: tuple[float, float] = (2.0**-12, 64.0)
+    init_scale: float = 0.1
+    seed: int = 0
+    solver_options: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PlannedGrowth:
+    """Neurons to install on one pair."""
+
+    pair: GrowablePair
+    neurons: CandidateNeurons
+
+
+def parameters_per_neuron(pair: GrowablePair) -> int:
+    """Parameters one new hidden unit adds: its row in ``first``, its BN entries, its columns."""
+    geometry = pair.geometry()
+    bn = pair.batch_norm
+    bn_parameters = 2 if bn is not None and bn.affine else 0
+    return geometry.d_x + bn_parameters + geometry.out_features * geometry.num_slots
+
+
+def _fan_out_norms(pair: GrowablePair) -> Tensor:
+    """Norm of every existing hidden unit's output weights in ``second``."""
+    weight = pair.second.weight.detach()
+    if weight.dim() == 4:
+        return weight.transpose(0, 1).flatten(1).norm(dim=1)
+    slots = pair.geometry().num_slots
+    return weight.view(weight.shape[0], -1, slots).transpose(0, 1).flatten(1).norm(dim=1)
+
+
+def _layer_neurons(
+    pair: GrowablePair, candidates: GrowthCandidates, count: int
+) -> CandidateNeurons:
+    reference = pair.first.weight
+    like = {"dtype": reference.dtype, "device": reference.device}
+    bias = candidates.first_bias(count)
+    return CandidateNeurons(
+        first_weight=candidates.first_weight(count).to(**like),
+        first_bias=None if bias is None else bias.to(**like),
+        second_weight=candidates.second_weight(count).to(**like),
+    )
+
+
+def _column_norms(neurons: CandidateNeurons) -> Tensor:
+    weight, k = neurons.second_weight, neurons.num_neurons
+    if weight.dim() == 4:
+        return weight.transpose(0, 1).flatten(1).norm(dim=1)
+    return weight.view(weight.shape[0], k, -1).transpose(0, 1).flatten(1).norm(dim=1)
+
+
+def _prepare_tiny(
+    pair: GrowablePair, neurons: CandidateNeurons, evaluate: Callable[[], float]
+) -> float:
+    """Match the new units' size to the existing activity; return the baseline loss."""
+    base_loss, existing_rms, mean, var = measure_activity(pair, neurons, evaluate)
+    like = {"dtype": neurons.first_weight.dtype, "device": neurons.first_weight.device}
+    if pair.batch_norm is not None:
+        # BatchNorm standardises the new channel: keep the realised size in the output weights.
+        neurons.bn_running_mean = mean.to(**like)
+        neurons.bn_running_var = var.to(**like)
+        neurons.scale_neurons(torch.ones_like(mean, **like), var.sqrt().to(**like))
+    else:
+        rms = (var + mean.square()).sqrt()
+        factor = torch.where(rms > 0, existing_rms / rms.clamp_min(1e-30), torch.ones_like(rms))
+        factor = factor.to(**like)
+        neurons.scale_neurons(factor, 1.0 / factor)
+    return base_loss
+
+
+def _prepare_function_preserving(
+    pair: GrowablePair, neurons: CandidateNeurons, method: str, init_scale: float
+) -> None:
+    """GradMax (α = 0) and random (ω = 0) initialisations that new units can learn from."""
+    like = {"dtype": neurons.first_weight.dtype, "device": neurons.first_weight.device}
+    k = neurons.num_neurons
+    if method == "gradmax":
+        target = init_scale * float(_fan_out_norms(pair).median())
+        norms = _column_norms(neurons)
+        scale = torch.where(norms > 0, target / norms.clamp_min(1e-30), torch.zeros_like(norms))
+        neurons.scale_neurons(torch.ones(k, **like), scale.to(**like))
+        if pair.dead_at_zero:
+            # PyTorch's ReLU has derivative 0 at exactly 0: a unit with zero fan-in would never
+            # receive a gradient. A small positive pre-activation opens the gate.
+            nudge = torch.full((k,), 1e-2, **like)
+            if pair.batch_norm is not None and pair.batch_norm.affine:
+                neurons.bn_bias = nudge
+            elif neurons.first_bias is not None:
+                neurons.first_bias = nudge
+            else:
+                generator = torch.Generator().manual_seed(k)
+                noise = torch.randn(neurons.first_weight.shape, generator=generator)
+                neurons.first_weight = 1e-3 * noise.to(**like)
+    elif method == "random":
+        neurons.second_weight = torch.zeros_like(neurons.second_weight)
+
+
+def plan_growth(
+    pairs: list[GrowablePair],
+    moments: Mapping[str, PairMoments],
+    evaluate: Callable[[], float],
+    config: GrowthConfig,
+    *,
+    total_parameters: int,
+    step: int,
+    epoch: int,
+    decision_index: int,
+    statistics_seconds: float = 0.0,
+) -> tuple[list[PlannedGrowth], list[GrowthEvent], bool]:
+    """Decide the growth of every pair.
+
+    Returns the neurons to install, one event per pair (accepted or not) and whether any pair
+    had a significant neuron.
+    """
+    widths = {pair.name: pair.width for pair in pairs}
+    by_name = {pair.name: pair for pair in pairs}
+    per_neuron = {pair.name: parameters_per_neuron(pair) for pair in pairs}
+    max_width = config.max_width
+    caps = {
+        name: (max_width.get(name) if isinstance(max_width, Mapping) else max_width)
+        for name in widths
+    }
+    per_event = {name: config.max_neurons_per_event or max(1, widths[name]) for name in widths}
+
+    started = time.perf_counter()
+    candidates = {
+        pair.name: compute_candidates(
+            moments[pair.name],
+            pair.geometry(),
+            method=config.method,
+            max_neurons=per_event[pair.name],
+            activation_slope=pair.activation_slope,
+            seed=config.seed + 7919 * decision_index + index,
+            **config.solver_options,
+        )
+        for index, pair in enumerate(pairs)
+    }
+    decisions = select_growth(
+        candidates,
+        widths,
+        per_neuron,
+        gain_threshold=config.gain_threshold,
+        max_neurons=per_event,
+        max_width=caps,
+        total_parameters=total_parameters,
+        max_parameters=config.max_parameters,
+    )
+    solve_seconds = time.perf_counter() - started
+
+    planned: list[PlannedGrowth] = []
+    events: list[GrowthEvent] = []
+    added_parameters = 0
+    for name, decision in decisions.items():
+        pair, candidate = by_name[name], candidates[name]
+        started = time.perf_counter()
+        outcome = _decide_pair(pair, candidate, decision, evaluate, config)
+        search_seconds = time.perf_counter() - started
+        neurons, amplitude, loss_before, loss_after, reason = outcome
+        added = neurons.num_neurons if neurons is not None else 0
+        if neurons is not None:
+            planned.append(PlannedGrowth(pair, neurons))
+            added_parameters += added * per_neuron[name]
+        bottleneck_fraction = candidate.bottleneck / candidate.v_sq if candidate.v_sq > 0 else 0.0
+        events.append(
+            GrowthEvent(
+                step=step,
+                epoch=epoch,
+                pair=name,
+                accepted=neurons is not None,
+                reason=reason,
+                neurons_added=added,
+                width_before=widths[name],
+                width_after=widths[name] + added,
+                expressivity_gain=decision.expressivity_gain,
+                bottleneck_fraction=float(bottleneck_fraction),
+                num_significant=candidate.num_significant,
+                amplitude=amplitude,
+                loss_before=loss_before,
+                loss_after=loss_after,
+                total_parameters=0,  # filled in once every pair's growth is known
+                method=config.method,
+                timings={
+                    "statistics": statistics_seconds / max(len(pairs), 1),
+                    "solve": solve_seconds / max(len(pairs), 1),
+                    "search": search_seconds,
+                    "surgery": 0.0,
+                },
+            )
+        )
+    for event in events:
+        event.total_parameters = total_parameters + added_parameters
+    any_significant = any(c.num_significant > 0 for c in candidates.values())
+    return planned, events, any_significant
+
+
+def _decide_pair(
+    pair: GrowablePair,
+    candidate: GrowthCandidates,
+    decision: PairDecision,
+    evaluate: Callable[[], float],
+    config: GrowthConfig,
+) -> tuple[CandidateNeurons | None, float, float, float, str]:
+    """Returns (neurons or None, amplitude, loss before, loss after, reason)."""
+    nan = float("nan")
+    if decision.neurons == 0:
+        return None, 0.0, nan, nan, decision.reason
+    neurons = _layer_neurons(pair, candidate, decision.neurons)
+    if config.method != "tiny":
+        _prepare_function_preserving(pair, neurons, config.method, config.init_scale)
+        with inject(pair, neurons, scale=0.0):
+            loss_before = evaluate()
+        with inject(pair, neurons, scale=1.0):
+            loss_after = evaluate()
+        return neurons, 1.0, loss_before, loss_after, "grown"
+
+    loss_before = _prepare_tiny(pair, neurons, evaluate)
+    gamma_min, gamma_max = config.amplitude_range
+    with inject(pair, neurons, scale=0.0) as set_scale:
+
+        def loss_at(amplitude: float) -> float:
+            set_scale(amplitude)
+            return evaluate()
+
+        result = search_amplitude(loss_at, loss_before, gamma_min=gamma_min, gamma_max=gamma_max)
+    decrease = (loss_before - result.loss_after) / max(abs(loss_before), 1e-12)
+    if result.amplitude == 0.0 or decrease < config.min_loss_decrease:
+        return None, 0.0, loss_before, result.loss_after, "no loss decrease"
+    neurons.second_weight = neurons.second_weight * result.amplitude
+    return neurons, result.amplitude, loss_before, result.loss_after, "grown"
