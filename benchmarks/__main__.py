@@ -86,6 +86,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="markdown file to write; PNGs and results.json go next to it",
     )
     parser.add_argument(
+        "--statistics-bench",
+        choices=("full", "linear"),
+        default="full",
+        help="bench_statistics pairs: both (full, ~90 s) or the Linear one only (quick)",
+    )
+    parser.add_argument(
         "--callback-option",
         type=_option,
         action="append",
@@ -138,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
         teacher_train=arguments.teacher_samples,
         teacher_test=max(1, arguments.teacher_samples // 4),
         callback_options=dict(arguments.callback_option),
+        statistics_arguments=("--threads", "1")
+        + (
+            ("--only", "linear", "--repeats", "1") if arguments.statistics_bench == "linear" else ()
+        ),
     )
     suite = Suite(config)
     version = _code_version()

@@ -47,6 +47,8 @@ class SuiteConfig:
         Widths of the fixed students.
     callback_options
         Extra ``GrowthCallback`` arguments for every grown run (empty: the library's defaults).
+    statistics_arguments
+        Command line of ``benchmarks.bench_statistics.main`` (the throughput measurement).
     """
 
     seeds: int = 10
@@ -59,6 +61,7 @@ class SuiteConfig:
     teacher_test: int = 1000
     student_widths: tuple[int, ...] = (8, 16, 24, 32, 64)
     callback_options: dict[str, Any] = field(default_factory=dict)
+    statistics_arguments: tuple[str, ...] = ("--threads", "1")
 
 
 def _build_cnn(channels: tuple[int, ...]) -> nn.Module:

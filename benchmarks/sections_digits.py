@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
+import io
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -296,8 +299,8 @@ def _cost_rows(label: str, grown: Sequence[RunResult], fixed: Sequence[RunResult
     ]
 
 
-def _statistics_throughput(section: Section) -> None:
-    """Run ``benchmarks/bench_statistics.py`` (owned by the statistics engineer) if present."""
+def _statistics_throughput(section: Section, arguments: Sequence[str]) -> None:
+    """Run ``benchmarks/bench_statistics.py`` (owned by the statistics engineer) and tabulate it."""
     try:
         module = importlib.import_module("benchmarks.bench_statistics")
     except Exception as error:
@@ -306,17 +309,40 @@ def _statistics_throughput(section: Section) -> None:
             f"(`{type(error).__name__}: {error}`); target ≥ 0.5 of matmul not measured."
         )
         return
-    runner = getattr(module, "run", None) or getattr(module, "main", None)
-    if runner is None:
-        section.add("`benchmarks.bench_statistics` has no `run()` / `main()`; nothing measured.")
-        return
-    result = runner()
-    if isinstance(result, str):
-        section.add(result)
-    elif isinstance(result, Section):
-        section.lines.extend(result.lines)
-    else:
-        section.add(f"`bench_statistics` returned: `{result!r}`")
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its own table: keep the log clean
+        rows = module.main(list(arguments))
+    section.add(
+        "**Moment-accumulation throughput** (`benchmarks.bench_statistics.main"
+        f"({list(arguments)})`, one thread): time of one batch's moment accumulation against a "
+        "plain matmul of the same FLOPs measured in the same run (median of its repeats, no "
+        "spread available); *step* is a training step with the statistics window closed / open."
+    )
+    section.table(
+        [
+            "pair",
+            "GFLOP",
+            "accumulate ms",
+            "matmul ms",
+            "fraction of matmul",
+            "≥ 0.5",
+            "step ms",
+            "step + statistics ms",
+        ],
+        [
+            [
+                row.name,
+                f"{row.gflop:.2f}",
+                f"{row.accumulate_ms:.1f}",
+                f"{row.matmul_ms:.1f}",
+                f"{row.fraction:.2f}",
+                _yes(row.fraction >= 0.5, f"short by {0.5 - row.fraction:.2f}"),
+                f"{row.step_closed_ms:.1f}",
+                f"{row.step_open_ms:.1f}",
+            ]
+            for row in rows
+        ],
+    )
+    section.data["statistics_throughput"] = [dataclasses.asdict(row) for row in rows]
 
 
 def cost_section(suite: Suite, directory: Path) -> Section:
@@ -381,5 +407,5 @@ def cost_section(suite: Suite, directory: Path) -> Section:
         + "."
     )
     section.data = {"mlp_overhead_percent": overhead}
-    _statistics_throughput(section)
+    _statistics_throughput(section, suite.config.statistics_arguments)
     return section

@@ -13,7 +13,7 @@ over samples and outputs), :data:`STUDENT_EPOCHS` epochs. Grown students start a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,8 +158,3 @@ def run_grown_student(
         batch_size=STUDENT_BATCH,
         callback_options={"method": method, **(callback_options or {})},
     )
-
-
-def fixed_widths_default() -> Sequence[int]:
-    """The fixed students of the issue: 8, 16, 24, 32, 64."""
-    return (8, 16, 24, 32, 64)

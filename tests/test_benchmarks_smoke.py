@@ -99,6 +99,8 @@ def test_every_section_runs_at_toy_size(tmp_path) -> None:
             "1",
             "--teacher-samples",
             "256",
+            "--statistics-bench",
+            "linear",
             "--sections",
             ",".join(SECTIONS),
             "--output",
@@ -108,6 +110,7 @@ def test_every_section_runs_at_toy_size(tmp_path) -> None:
     text = output.read_text()
     for title in ("1. Quality", "2. Side by side with GroMo", "3. Cost", "4. Teacher", "5. First"):
         assert f"## {title}" in text
+    assert "| linear 512-512-512, batch 256 |" in text  # bench_statistics ran and was tabulated
     for figure in (
         "quality_accuracy_vs_parameters.png",
         "quality_widths.png",
