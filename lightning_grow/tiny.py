@@ -243,18 +243,25 @@ def _significance_threshold(
     if rank == 0 or noise_correlation.numel() == 0:
         return 0.0
     d_x, slots, _ = P.shape
-    # A_j = F_j F_jᵀ has rank ≤ d_h, so (I - A_j)^{1/2} = I - U_j (I - (I - Σ_j²)^{1/2}) U_jᵀ from
-    # the thin SVD F_j = U_j Σ_j V_jᵀ: a d_h × d_h eigendecomposition per slot instead of a
-    # d_x × d_x one (d_x is 4608 for a ResNet's 512-channel 3×3 conv).
+    # A_j = F_j F_jᵀ. (I - A_j)^{1/2} = I - U_j (I - (I - Σ_j²)^{1/2}) U_jᵀ from the thin SVD
+    # F_j = U_j Σ_j V_jᵀ, obtained from whichever Gram matrix is smaller: d_x × d_x (F Fᵀ) or
+    # d_h × d_h (Fᵀ F). d_x is 4608 for a ResNet's 512-channel 3×3 conv; d_h is 385 for a
+    # 6-channel 8×8 map feeding a Linear: never decompose the large side.
     values, vectors = torch.linalg.eigh(symmetrise(S_pinv))
     root = (vectors * values.clamp_min(0.0).sqrt()) @ vectors.T
     factor = torch.einsum("ax,xji->jai", whitener, P) @ root
-    used, basis = torch.linalg.eigh(symmetrise(factor.transpose(1, 2) @ factor))
-    # A ⪯ I holds exactly (S ⪰ Pᵀ Sx⁺ P); the clamp only absorbs round-off.
-    used = used.clamp(0.0, 1.0)
-    keep = used > 1e-12 * float(used.max().clamp_min(1e-300))
-    directions = factor @ basis / used.clamp_min(1e-300).sqrt().unsqueeze(1) * keep.unsqueeze(1)
-    shrink = (1.0 - (1.0 - used).sqrt()) * keep
+    if factor.shape[1] <= factor.shape[2]:
+        used, directions = torch.linalg.eigh(symmetrise(factor @ factor.transpose(1, 2)))
+        # A ⪯ I holds exactly (S ⪰ Pᵀ Sx⁺ P); the clamp only absorbs round-off.
+        used = used.clamp(0.0, 1.0)
+    else:
+        used, basis = torch.linalg.eigh(symmetrise(factor.transpose(1, 2) @ factor))
+        used = used.clamp(0.0, 1.0)
+        keep = used > 1e-12 * float(used.max().clamp_min(1e-300))
+        scale = keep / used.clamp_min(1e-300).sqrt()
+        directions = factor @ basis * scale.unsqueeze(1)
+        used = used * keep
+    shrink = 1.0 - (1.0 - used).sqrt()
     noise = (whitener @ noise_correlation).reshape(d_x, -1, slots).permute(2, 0, 1)
     reference = noise - directions @ (shrink.unsqueeze(2) * (directions.transpose(1, 2) @ noise))
     floor = float(torch.linalg.matrix_norm(reference.permute(1, 2, 0).reshape(d_x, -1), ord=2))
