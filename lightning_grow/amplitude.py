@@ -208,28 +208,38 @@ def search_amplitude(
     loss_before: float,
     *,
     gamma_min: float = 2.0**-12,
-    gamma_max: float = 8.0,
-    patience: int = 2,
+    gamma_max: float = 64.0,
+    start: float = 1.0,
 ) -> AmplitudeResult:
-    """Doubling line search of the signed amplitude, both signs, keeping the best loss.
+    """Line search of the signed amplitude on a doubling grid, keeping the best loss.
 
-    For each sign, γ doubles from ``gamma_min`` until the loss has failed to improve ``patience``
-    times in a row or ``gamma_max`` is passed. Non-finite losses count as failures. The result's
-    amplitude is 0.0 only when no amplitude beat ``loss_before``.
+    Candidates arrive scaled so that ``γ = 1`` is the first-order step, so the search starts
+    there and walks the grid ``{2^k}`` up (while the loss keeps improving) or down (when
+    ``γ = 1`` overshoots), assuming the loss is unimodal in ``γ``. The negative sign is tried
+    only when the positive one finds no improvement (first-order theory makes ``+`` the descent
+    direction). Non-finite losses count as worse. The amplitude is 0.0 only when nothing beat
+    ``loss_before``.
     """
-    best = AmplitudeResult(0.0, loss_before, loss_before, 0)
     evaluations = 0
+
+    def evaluate(amplitude: float) -> float:
+        nonlocal evaluations
+        evaluations += 1
+        loss = loss_at(amplitude)
+        return loss if math.isfinite(loss) else math.inf
+
     for sign in (1.0, -1.0):
-        gamma, misses, sign_best = gamma_min, 0, math.inf
-        while gamma <= gamma_max and misses < patience:
-            loss = loss_at(sign * gamma)
-            evaluations += 1
-            if math.isfinite(loss) and loss < sign_best:
-                sign_best, misses = loss, 0
-                if loss < best.loss_after:
-                    best = AmplitudeResult(sign * gamma, loss_before, loss, 0)
-            else:
-                misses += 1
-            gamma *= 2.0
-    best.evaluations = evaluations
-    return best
+        gamma = min(max(start, gamma_min), gamma_max)
+        loss = evaluate(sign * gamma)
+        up = evaluate(sign * gamma * 2.0) if gamma * 2.0 <= gamma_max else math.inf
+        step = 2.0 if up < loss else 0.5
+        if up < loss:
+            gamma, loss = gamma * 2.0, up
+        while gamma_min <= gamma * step <= gamma_max:
+            candidate = evaluate(sign * gamma * step)
+            if candidate >= loss:
+                break
+            gamma, loss = gamma * step, candidate
+        if loss < loss_before:
+            return AmplitudeResult(sign * gamma, loss_before, loss, evaluations)
+    return AmplitudeResult(0.0, loss_before, loss_before, evaluations)

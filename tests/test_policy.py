@@ -126,3 +126,18 @@ def test_line_search_ignores_non_finite_losses() -> None:
 
     result = search_amplitude(loss, 1.0)
     assert result.amplitude == 1.0
+
+
+def test_line_search_starts_at_the_first_order_scale_and_needs_few_evaluations() -> None:
+    calls: list[float] = []
+
+    def loss(amplitude: float) -> float:
+        calls.append(amplitude)
+        return (amplitude - 3.0) ** 2
+
+    result = search_amplitude(loss, loss(0.0))
+    calls.pop(0)  # the baseline evaluation above
+    assert result.amplitude in (2.0, 4.0)
+    assert calls[0] == 1.0
+    assert result.evaluations == len(calls) <= 4
+    assert all(amplitude > 0 for amplitude in calls)  # the descent sign succeeded: no + / - sweep
