@@ -134,7 +134,7 @@ class GrowthCallback(Callback):
         stop_epoch: int | None = None,
         stop_fraction: float | None = 0.5,
         patience: int | None = 3,
-        gain_threshold: float = 0.005,
+        gain_threshold: float = 0.001,
         significance_margin: float = 1.0,
         max_neurons_per_event: int | None = None,
         max_width: int | dict[str, int] | None = None,

@@ -31,7 +31,7 @@ class GrowthConfig:
     """Decision parameters shared by every pair (documented on :class:`GrowthCallback`)."""
 
     method: Method = "tiny"
-    gain_threshold: float = 0.005
+    gain_threshold: float = 0.001
     max_neurons_per_event: int | None = None
     max_width: int | Mapping[str, int] | None = None
     max_parameters: int | None = None
