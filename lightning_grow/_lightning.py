@@ -12,6 +12,9 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor, nn
 
+from lightning_grow.checkpoint import is_resize_on_load_enabled
+from lightning_grow.topology import GrowthConfigurationError
+
 LossFn = Callable[["pl.LightningModule", Any], Tensor]
 
 
@@ -139,3 +142,17 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(value, device) for value in batch)
     return batch
+
+
+def check_spawned_parent_can_reload(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """ddp_spawn copies rank 0's weights back into the launching process's (ungrown) model."""
+    start_method = getattr(trainer.strategy, "_start_method", "popen")
+    if start_method == "popen" or is_resize_on_load_enabled(pl_module):
+        return
+    name = type(pl_module).__name__
+    raise GrowthConfigurationError(
+        f"With strategy 'ddp_spawn', Lightning loads the grown weights back into your original "
+        f"{name} after fit, which needs it to accept larger tensors. Declare "
+        f"`class {name}(ResizeOnLoadMixin, LightningModule)` (from lightning_grow.checkpoint) "
+        f"or call `enable_resize_on_load(model)` before trainer.fit, or use strategy='ddp'."
+    )

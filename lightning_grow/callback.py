@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from lightning_grow._arguments import check_arguments
+from lightning_grow._discovery import PairSpec, discover_pairs
 from lightning_grow._lightning import (
     LossFn,
     batch_size_of,
+    check_spawned_parent_can_reload,
     check_strategy,
     default_loss,
     gradient_scale,
@@ -23,23 +24,25 @@ from lightning_grow._lightning import (
     rewrap_ddp,
     to_device,
 )
-from lightning_grow.checkpoint import enable_resize_on_load, is_resize_on_load_enabled
+from lightning_grow.checkpoint import enable_resize_on_load
 from lightning_grow.events import GrowthEvent
 from lightning_grow.logging import GrowthReporter
-from lightning_grow.planner import GrowthConfig, PlannedGrowth, plan_growth
+from lightning_grow.planner import (
+    GrowthConfig,
+    fit_to_current_shapes,
+    moment_dimension,
+    pair_parameters,
+    plan_growth,
+    to_payload,
+)
 from lightning_grow.policy import GrowthSchedule, Phase
 from lightning_grow.statistics import PairStatistics, reduce_statistics
 from lightning_grow.surgery import NewNeurons, grow_pair
 from lightning_grow.topology import (
     GrowablePair,
-    GrowthConfigurationError,
-    find_growable_pairs,
-    pairs_from_names,
 )
 
 __all__ = ["GrowthCallback"]
-
-PairSpec = str | tuple[str, str] | Mapping[str, str]
 
 
 class GrowthCallback(Callback):
@@ -147,7 +150,7 @@ class GrowthCallback(Callback):
         verbose: bool = True,
         wandb_tables: bool = True,
     ) -> None:
-        _check_arguments(locals())
+        check_arguments(locals())
         self.pairs_spec = pairs
         self.network_name = network
         self.warmup_steps = warmup_steps
@@ -189,13 +192,12 @@ class GrowthCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             check_strategy(trainer.strategy)
-            _check_spawned_parent_can_reload(trainer, pl_module)
+            check_spawned_parent_can_reload(trainer, pl_module)
         # Grown checkpoints hold larger tensors than a freshly built model: resize on load.
         enable_resize_on_load(pl_module)
         if stage != "fit":
             return
-        self.network, prefix = self._find_network(pl_module)
-        self.pairs = self._find_pairs(self.network, prefix)
+        self.network, self.pairs = discover_pairs(pl_module, self.network_name, self.pairs_spec)
         if not self.initial_widths:
             self.initial_widths = {pair.name: pair.width for pair in self.pairs}
 
@@ -210,7 +212,7 @@ class GrowthCallback(Callback):
             trainer,
             self.initial_widths,
             self.widths,
-            {pair.name: _pair_parameters(pair) for pair in self.pairs},
+            {pair.name: pair_parameters(pair) for pair in self.pairs},
             self.total_parameters,
         )
 
@@ -350,7 +352,7 @@ class GrowthCallback(Callback):
                 statistics_seconds=statistics_seconds,
             )
         return {
-            "growth": [_to_payload(item) for item in planned],
+            "growth": [to_payload(item) for item in planned],
             "events": [event.to_dict() for event in events],
             "any_significant": any_significant,
         }
@@ -362,7 +364,7 @@ class GrowthCallback(Callback):
         for name, tensors in growth:
             pair = by_name[name]
             device = pair.first.weight.device
-            tensors = _fit_to_current_shapes(pair, to_device(tensors, device))
+            tensors = fit_to_current_shapes(pair, to_device(tensors, device))
             neurons = NewNeurons(**tensors)
             grow_pair(pair, neurons, trainer.optimizers)
             grown.add(name)
@@ -383,54 +385,6 @@ class GrowthCallback(Callback):
             return 0
         return sum(p.numel() for p in self.network.parameters())
 
-    def _find_network(self, pl_module: pl.LightningModule) -> tuple[nn.Module, str]:
-        if self.network_name is not None:
-            network = pl_module.get_submodule(self.network_name)
-            return network, self.network_name
-        try:
-            if find_growable_pairs(pl_module):
-                return pl_module, ""
-        except Exception:  # any tracing failure means: look at the children
-            pass
-        children = [
-            (name, child)
-            for name, child in pl_module.named_children()
-            if any(True for _ in child.parameters())
-        ]
-        if not children:
-            raise GrowthConfigurationError(
-                f"{type(pl_module).__name__} has no submodule with parameters to grow"
-            )
-        name, child = max(children, key=lambda item: sum(p.numel() for p in item[1].parameters()))
-        return child, name
-
-    def _find_pairs(self, network: nn.Module, prefix: str) -> list[GrowablePair]:
-        spec = self.pairs_spec
-        if spec == "auto":
-            pairs = find_growable_pairs(network)
-        elif callable(spec):
-            pairs = find_growable_pairs(network, predicate=spec)
-        else:
-            pairs = pairs_from_names(network, list(spec))  # type: ignore[arg-type]
-        if not pairs:
-            raise GrowthConfigurationError(
-                "GrowthCallback found no growable layer pair to grow (after filtering). "
-                "Pass pairs=[('first', 'second')] to name them explicitly."
-            )
-        if prefix:
-            pairs = [
-                dataclasses.replace(
-                    pair,
-                    first_name=f"{prefix}.{pair.first_name}",
-                    second_name=f"{prefix}.{pair.second_name}",
-                    batch_norm_name=(
-                        f"{prefix}.{pair.batch_norm_name}" if pair.batch_norm_name else None
-                    ),
-                )
-                for pair in pairs
-            ]
-        return pairs
-
     def _new_statistics(self, pair: GrowablePair) -> PairStatistics:
         return PairStatistics(pair, loss_reduction=self.loss_reduction)
 
@@ -450,7 +404,7 @@ class GrowthCallback(Callback):
         batch_size = int(trainer.strategy.broadcast(local_batch, src=0))
         per_step = batch_size * trainer.accumulate_grad_batches
         window_samples = self.statistics_samples or max(
-            [512] + [2 * _moment_dimension(pair) for pair in self.pairs]
+            [512] + [2 * moment_dimension(pair) for pair in self.pairs]
         )
         window_steps = math.ceil(window_samples / (per_step * trainer.world_size))
         hold_steps = math.ceil(self.held_samples / per_step)
@@ -513,115 +467,3 @@ class GrowthCallback(Callback):
                 self._statistics[name].load_flat_sums(sums.to(device))
         device = self.pairs[0].first.weight.device if self.pairs else "cpu"
         self._held = [to_device(batch, device) for batch in state.get("held", [])]
-
-
-def _check_spawned_parent_can_reload(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-    """ddp_spawn copies rank 0's weights back into the launching process's (ungrown) model."""
-    start_method = getattr(trainer.strategy, "_start_method", "popen")
-    if start_method == "popen" or is_resize_on_load_enabled(pl_module):
-        return
-    name = type(pl_module).__name__
-    raise GrowthConfigurationError(
-        f"With strategy 'ddp_spawn', Lightning loads the grown weights back into your original "
-        f"{name} after fit, which needs it to accept larger tensors. Declare "
-        f"`class {name}(ResizeOnLoadMixin, LightningModule)` (from lightning_grow.checkpoint) "
-        f"or call `enable_resize_on_load(model)` before trainer.fit, or use strategy='ddp'."
-    )
-
-
-def _fit_to_current_shapes(pair: GrowablePair, tensors: dict[str, Any]) -> dict[str, Any]:
-    """Zero-pad planned neurons for units a neighbouring pair added in the same decision.
-
-    Adjacent pairs share a layer (``second`` of one is ``first`` of the next). Candidates were
-    computed and tried on the model before this decision, so the new units of two neighbouring
-    pairs are not connected to each other: zero weights between them.
-    """
-    first_weight, second_weight = tensors["first_weight"], tensors["second_weight"]
-    missing_inputs = pair.first.weight.shape[1] - first_weight.shape[1]
-    if missing_inputs > 0:
-        shape = (first_weight.shape[0], missing_inputs, *first_weight.shape[2:])
-        padding = first_weight.new_zeros(shape)
-        tensors["first_weight"] = torch.cat([first_weight, padding], dim=1)
-    missing_outputs = pair.second.weight.shape[0] - second_weight.shape[0]
-    if missing_outputs > 0:
-        padding = second_weight.new_zeros((missing_outputs, *second_weight.shape[1:]))
-        tensors["second_weight"] = torch.cat([second_weight, padding], dim=0)
-    return tensors
-
-
-def _to_payload(item: PlannedGrowth) -> tuple[str, dict[str, Any]]:
-    neurons = item.neurons
-    fields = {
-        "first_weight": neurons.first_weight,
-        "first_bias": neurons.first_bias,
-        "second_weight": neurons.second_weight,
-        "bn_bias": neurons.bn_bias,
-        "bn_running_mean": neurons.bn_running_mean,
-        "bn_running_var": neurons.bn_running_var,
-    }
-    return item.pair.name, {
-        key: None if value is None else value.detach().cpu() for key, value in fields.items()
-    }
-
-
-def _moment_dimension(pair: GrowablePair) -> int:
-    geometry = pair.geometry()
-    return max(geometry.d_x, geometry.d_h, geometry.d_v * geometry.num_slots)
-
-
-def _pair_parameters(pair: GrowablePair) -> int:
-    """Parameters of the pair's own layers: ``first``, its BatchNorm and ``second``."""
-    modules = [pair.first, pair.second] + ([pair.batch_norm] if pair.batch_norm else [])
-    return sum(p.numel() for module in modules for p in module.parameters())
-
-
-def _check_arguments(arguments: dict[str, Any]) -> None:
-    """Reject bad arguments at construction, with the argument's name and the valid range."""
-    if arguments["method"] not in ("tiny", "gradmax", "random"):
-        raise ValueError(
-            f"method must be 'tiny', 'gradmax' or 'random', got {arguments['method']!r}"
-        )
-    if arguments["loss_reduction"] not in ("mean", "sum"):
-        raise ValueError(
-            f"loss_reduction must be 'mean' or 'sum', got {arguments['loss_reduction']!r}"
-        )
-    pairs = arguments["pairs"]
-    if isinstance(pairs, str) and pairs != "auto":
-        raise ValueError(
-            f"pairs must be 'auto', a list of pairs or a predicate, got {pairs!r}; "
-            f"for one pair write pairs=[{pairs!r}]"
-        )
-    non_negative = (
-        "warmup_steps",
-        "cooldown_steps",
-        "max_window_extensions",
-        "gain_threshold",
-        "min_loss_decrease",
-    )
-    for name in non_negative:
-        if arguments[name] < 0:
-            raise ValueError(f"{name} must be >= 0, got {arguments[name]}")
-    positive = (
-        "held_samples",
-        "statistics_samples",
-        "stop_step",
-        "stop_epoch",
-        "patience",
-        "max_neurons_per_event",
-        "max_parameters",
-    )
-    for name in positive:
-        value = arguments[name]
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be a positive integer or None, got {value}")
-    fraction = arguments["stop_fraction"]
-    if fraction is not None and not 0.0 < fraction <= 1.0:
-        raise ValueError(f"stop_fraction must be in (0, 1] or None, got {fraction}")
-    low, high = arguments["amplitude_range"]
-    if not 0.0 < low <= high:
-        raise ValueError(f"amplitude_range must satisfy 0 < low <= high, got {(low, high)}")
-    max_width = arguments["max_width"]
-    if isinstance(max_width, int) and max_width < 1:
-        raise ValueError(f"max_width must be >= 1, got {max_width}")
-    if arguments["loss_fn"] is not None and not callable(arguments["loss_fn"]):
-        raise TypeError("loss_fn must be callable as loss_fn(pl_module, batch) -> loss tensor")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -265,3 +265,49 @@ def _decide_pair(
         return None, 0.0, loss_before, result.loss_after, "no loss decrease"
     neurons.second_weight = neurons.second_weight * result.amplitude
     return neurons, result.amplitude, loss_before, result.loss_after, "grown"
+
+
+def fit_to_current_shapes(pair: GrowablePair, tensors: dict[str, Any]) -> dict[str, Any]:
+    """Zero-pad planned neurons for units a neighbouring pair added in the same decision.
+
+    Adjacent pairs share a layer (``second`` of one is ``first`` of the next). Candidates were
+    computed and tried on the model before this decision, so the new units of two neighbouring
+    pairs are not connected to each other: zero weights between them.
+    """
+    first_weight, second_weight = tensors["first_weight"], tensors["second_weight"]
+    missing_inputs = pair.first.weight.shape[1] - first_weight.shape[1]
+    if missing_inputs > 0:
+        shape = (first_weight.shape[0], missing_inputs, *first_weight.shape[2:])
+        padding = first_weight.new_zeros(shape)
+        tensors["first_weight"] = torch.cat([first_weight, padding], dim=1)
+    missing_outputs = pair.second.weight.shape[0] - second_weight.shape[0]
+    if missing_outputs > 0:
+        padding = second_weight.new_zeros((missing_outputs, *second_weight.shape[1:]))
+        tensors["second_weight"] = torch.cat([second_weight, padding], dim=0)
+    return tensors
+
+
+def to_payload(item: PlannedGrowth) -> tuple[str, dict[str, Any]]:
+    neurons = item.neurons
+    fields = {
+        "first_weight": neurons.first_weight,
+        "first_bias": neurons.first_bias,
+        "second_weight": neurons.second_weight,
+        "bn_bias": neurons.bn_bias,
+        "bn_running_mean": neurons.bn_running_mean,
+        "bn_running_var": neurons.bn_running_var,
+    }
+    return item.pair.name, {
+        key: None if value is None else value.detach().cpu() for key, value in fields.items()
+    }
+
+
+def moment_dimension(pair: GrowablePair) -> int:
+    geometry = pair.geometry()
+    return max(geometry.d_x, geometry.d_h, geometry.d_v * geometry.num_slots)
+
+
+def pair_parameters(pair: GrowablePair) -> int:
+    """Parameters of the pair's own layers: ``first``, its BatchNorm and ``second``."""
+    modules = [pair.first, pair.second] + ([pair.batch_norm] if pair.batch_norm else [])
+    return sum(p.numel() for module in modules for p in module.parameters())
