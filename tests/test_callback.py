@@ -218,3 +218,50 @@ def test_unsupported_strategy_is_refused_with_a_clear_message() -> None:
 def test_bad_arguments_are_rejected_at_construction(arguments, message) -> None:
     with pytest.raises(ValueError, match=message):
         GrowthCallback(**arguments)
+
+
+class _ReluRegression(_Regression):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 2), nn.ReLU(), nn.Linear(2, 3))
+
+
+def _grow_once(method: str) -> tuple[_ReluRegression, GrowthCallback]:
+    pl.seed_everything(0, verbose=False)
+    model = _ReluRegression()
+    callback = GrowthCallback(
+        method=method,
+        significance_margin=0.0,
+        statistics_samples=64,
+        held_samples=32,
+        gain_threshold=0.0,
+        patience=None,
+        stop_fraction=None,
+        verbose=False,
+    )
+    _trainer([callback], max_steps=3).fit(model, _regression_loader())
+    assert [e.accepted for e in callback.history] == [True], callback.history
+    return model, callback
+
+
+def test_gradmax_units_with_zero_fan_in_still_receive_gradients() -> None:
+    model, callback = _grow_once("gradmax")
+    event = callback.history[0]
+    first = model.net[0]
+    new_rows = slice(event.width_before, event.width_after)
+    # Function-preserving: zero fan-in; output weights are non-zero.
+    assert torch.count_nonzero(first.weight[new_rows]) == 0
+    assert torch.count_nonzero(model.net[2].weight[:, new_rows]) > 0
+    x, y = next(iter(_regression_loader()))
+    nn.functional.mse_loss(model.net(x), y).backward()
+    # ReLU'(0) = 0 in PyTorch: without the nudge these gradients would be exactly zero.
+    assert torch.count_nonzero(first.weight.grad[new_rows]) > 0
+
+
+def test_random_growth_preserves_the_function_at_installation() -> None:
+    model, callback = _grow_once("random")
+    event = callback.history[0]
+    new_rows = slice(event.width_before, event.width_after)
+    assert torch.count_nonzero(model.net[2].weight[:, new_rows]) == 0
+    assert torch.count_nonzero(model.net[0].weight[new_rows]) > 0
+    assert event.loss_after == event.loss_before
