@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -66,8 +67,17 @@ class RunResult:
         return sum(self.growth_seconds.values()) / self.fit_seconds if self.fit_seconds else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly record (for ``results.json``)."""
-        return asdict(self)
+        """JSON-friendly record for ``results.json``.
+
+        The per-decision events are summarised as ``event_reasons`` (count per reason): a
+        teacher–student run alone makes ~500 decisions, and RESULTS.md already tabulates them.
+        """
+        record = asdict(self)
+        events = record.pop("events")
+        record["event_reasons"] = dict(
+            Counter(e.get("reason", "grown" if e["accepted"] else "rejected") for e in events)
+        )
+        return record
 
 
 def seed_everything(seed: int) -> None:

@@ -87,4 +87,4 @@ def write_results(
     parts += [section.render() for section in sections]
     path.write_text("\n\n".join(parts) + "\n")
     raw = {"sections": {section.title: section.data for section in sections}, "runs": runs}
-    path.with_name("results.json").write_text(json.dumps(raw, indent=1, default=float))
+    path.with_name("results.json").write_text(json.dumps(raw, separators=(",", ":"), default=float))
