@@ -97,6 +97,7 @@ def run_lightning(
     epochs: int,
     batch_size: int,
     callback_options: dict[str, Any] | None = None,
+    extra_callbacks: Sequence[pl.Callback] = (),
 ) -> RunResult:
     """One seeded Lightning run, grown when ``callback_options`` is given, else fixed.
 
@@ -136,7 +137,8 @@ def run_lightning(
 
         options = {"verbose": False, "wandb_tables": False, "seed": seed, **callback_options}
         callback = GrowthCallback(**options)
-    seconds = fit_with_trainer(module, loader, epochs, [callback] if callback else [])
+    callbacks = ([callback] if callback else []) + list(extra_callbacks)
+    seconds = fit_with_trainer(module, loader, epochs, callbacks)
     metrics = evaluate(backbone)
     if callback is None:
         widths = _hidden_widths(backbone)

@@ -153,6 +153,28 @@ class Suite:
             ),
         )
 
+    def digits_random_replay(self, seed: int) -> RunResult:
+        """Random neurons at exactly ``grown tiny``'s steps and counts (same seed)."""
+        from benchmarks.replay import ReplayGrowth
+
+        events = self.digits_grown("tiny", seed).events
+        split, start = self.split, self.config.start_widths
+        return self._cached(
+            "random, tiny's schedule",
+            seed,
+            lambda: run_lightning(
+                name="random replay",
+                seed=seed,
+                build_backbone=lambda: build_mlp(start),
+                build_module=classifier_module(self.protocol.learning_rate),
+                train=(split.train_inputs, split.train_labels),
+                evaluate=lambda net: evaluate_classifier(net, split.test_inputs, split.test_labels),
+                epochs=self.protocol.epochs,
+                batch_size=self.protocol.batch_size,
+                extra_callbacks=[ReplayGrowth(events, seed=seed)],
+            ),
+        )
+
     def digits_final_fixed(self, seed: int) -> RunResult:
         """The final widths of ``grown tiny`` (same seed) trained fixed by the same Trainer."""
         widths = tuple(self.digits_grown("tiny", seed).widths)
