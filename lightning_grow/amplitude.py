@@ -22,36 +22,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_grow.surgery import NewNeurons
 from lightning_grow.topology import GrowablePair
 
-__all__ = ["AmplitudeResult", "CandidateNeurons", "inject", "measure_activity", "search_amplitude"]
+__all__ = [
+    "AmplitudeResult",
+    "NewNeurons",
+    "inject",
+    "measure_activity",
+    "scale_neurons",
+    "search_amplitude",
+]
 
 
-@dataclass
-class CandidateNeurons:
-    """New neurons in layer-parameter shapes (see :class:`lightning_grow.surgery.NewNeurons`)."""
-
-    first_weight: Tensor
-    first_bias: Tensor | None
-    second_weight: Tensor
-    bn_bias: Tensor | None = None
-    bn_running_mean: Tensor | None = None
-    bn_running_var: Tensor | None = None
-
-    @property
-    def num_neurons(self) -> int:
-        return self.first_weight.shape[0]
-
-    def scale_neurons(self, input_scale: Tensor, output_scale: Tensor | float = 1.0) -> None:
-        """Multiply neuron k's input weights by ``input_scale[k]``, its output weights by
-        ``output_scale`` (a scalar or one factor per neuron)."""
-        shape = (-1,) + (1,) * (self.first_weight.dim() - 1)
-        self.first_weight = self.first_weight * input_scale.view(shape)
-        if self.first_bias is not None:
-            self.first_bias = self.first_bias * input_scale
-        self.second_weight = self.second_weight * _per_neuron_columns(
-            output_scale, self.second_weight, self.num_neurons
-        )
+def scale_neurons(
+    neurons: NewNeurons, input_scale: Tensor, output_scale: Tensor | float = 1.0
+) -> None:
+    """Multiply neuron k's input weights by ``input_scale[k]`` and its output weights by
+    ``output_scale`` (a scalar or one factor per neuron), in place."""
+    count = neurons.num_neurons
+    shape = (-1,) + (1,) * (neurons.first_weight.dim() - 1)
+    neurons.first_weight = neurons.first_weight * input_scale.view(shape)
+    if neurons.first_bias is not None:
+        neurons.first_bias = neurons.first_bias * input_scale
+    neurons.second_weight = neurons.second_weight * _per_neuron_columns(
+        output_scale, neurons.second_weight, count
+    )
 
 
 def _per_neuron_columns(scale: Tensor | float, second_weight: Tensor, k: int) -> Tensor | float:
@@ -64,7 +60,7 @@ def _per_neuron_columns(scale: Tensor | float, second_weight: Tensor, k: int) ->
     return scale.repeat_interleave(slots).view(1, -1)
 
 
-def _apply_between(pair: GrowablePair, z: Tensor, neurons: CandidateNeurons) -> Tensor:
+def _apply_between(pair: GrowablePair, z: Tensor, neurons: NewNeurons) -> Tensor:
     """The ops between ``first`` and ``second``, for the new units only, in eval semantics."""
     for name, op in pair.between:
         if op is pair.batch_norm or isinstance(op, nn.modules.batchnorm._BatchNorm):
@@ -76,6 +72,8 @@ def _apply_between(pair: GrowablePair, z: Tensor, neurons: CandidateNeurons) -> 
                 z = (z - mean.view(shape)) / torch.sqrt(var.view(shape) + bn.eps)
             else:
                 z = z / math.sqrt(1.0 + bn.eps)
+            if bn.affine and neurons.bn_weight is not None:
+                z = z * neurons.bn_weight.view(shape)
             if bn.affine and neurons.bn_bias is not None:
                 z = z + neurons.bn_bias.view(shape)
         elif isinstance(op, nn.modules.dropout._DropoutNd) or "dropout" in name.lower():
@@ -91,7 +89,7 @@ def _apply_between(pair: GrowablePair, z: Tensor, neurons: CandidateNeurons) -> 
     return z
 
 
-def _first_forward(pair: GrowablePair, x: Tensor, neurons: CandidateNeurons) -> Tensor:
+def _first_forward(pair: GrowablePair, x: Tensor, neurons: NewNeurons) -> Tensor:
     first = pair.first
     weight = neurons.first_weight.to(x.dtype)
     bias = None if neurons.first_bias is None else neurons.first_bias.to(x.dtype)
@@ -135,7 +133,7 @@ class _Capture:
 @contextmanager
 def inject(
     pair: GrowablePair,
-    neurons: CandidateNeurons,
+    neurons: NewNeurons,
     scale: float = 1.0,
     capture: _Capture | None = None,
 ) -> Iterator[Callable[[float], None]]:
@@ -174,7 +172,7 @@ def inject(
 
 
 def measure_activity(
-    pair: GrowablePair, neurons: CandidateNeurons, evaluate: Callable[[], float]
+    pair: GrowablePair, neurons: NewNeurons, evaluate: Callable[[], float]
 ) -> tuple[float, Tensor, Tensor, Tensor]:
     """Run ``evaluate`` once with the candidates injected at scale 0.
 

@@ -14,10 +14,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_grow.amplitude import CandidateNeurons, inject, measure_activity, search_amplitude
+from lightning_grow.amplitude import inject, measure_activity, scale_neurons, search_amplitude
 from lightning_grow.events import GrowthEvent
 from lightning_grow.moments import PairMoments
 from lightning_grow.policy import PairDecision, select_growth
+from lightning_grow.surgery import NewNeurons
 from lightning_grow.tiny import GrowthCandidates, compute_candidates
 from lightning_grow.topology import GrowablePair
 
@@ -47,7 +48,7 @@ class PlannedGrowth:
     """Neurons to install on one pair."""
 
     pair: GrowablePair
-    neurons: CandidateNeurons
+    neurons: NewNeurons
 
 
 def parameters_per_neuron(pair: GrowablePair) -> int:
@@ -67,29 +68,25 @@ def _fan_out_norms(pair: GrowablePair) -> Tensor:
     return weight.view(weight.shape[0], -1, slots).transpose(0, 1).flatten(1).norm(dim=1)
 
 
-def _layer_neurons(
-    pair: GrowablePair, candidates: GrowthCandidates, count: int
-) -> CandidateNeurons:
+def _layer_neurons(pair: GrowablePair, candidates: GrowthCandidates, count: int) -> NewNeurons:
     reference = pair.first.weight
     like = {"dtype": reference.dtype, "device": reference.device}
     bias = candidates.first_bias(count)
-    return CandidateNeurons(
+    return NewNeurons(
         first_weight=candidates.first_weight(count).to(**like),
         first_bias=None if bias is None else bias.to(**like),
         second_weight=candidates.second_weight(count).to(**like),
     )
 
 
-def _column_norms(neurons: CandidateNeurons) -> Tensor:
+def _column_norms(neurons: NewNeurons) -> Tensor:
     weight, k = neurons.second_weight, neurons.num_neurons
     if weight.dim() == 4:
         return weight.transpose(0, 1).flatten(1).norm(dim=1)
     return weight.view(weight.shape[0], k, -1).transpose(0, 1).flatten(1).norm(dim=1)
 
 
-def _prepare_tiny(
-    pair: GrowablePair, neurons: CandidateNeurons, evaluate: Callable[[], float]
-) -> float:
+def _prepare_tiny(pair: GrowablePair, neurons: NewNeurons, evaluate: Callable[[], float]) -> float:
     """Match the new units' size to the existing activity; return the baseline loss."""
     base_loss, existing_rms, mean, var = measure_activity(pair, neurons, evaluate)
     like = {"dtype": neurons.first_weight.dtype, "device": neurons.first_weight.device}
@@ -97,17 +94,17 @@ def _prepare_tiny(
         # BatchNorm standardises the new channel: keep the realised size in the output weights.
         neurons.bn_running_mean = mean.to(**like)
         neurons.bn_running_var = var.to(**like)
-        neurons.scale_neurons(torch.ones_like(mean, **like), var.sqrt().to(**like))
+        scale_neurons(neurons, torch.ones_like(mean, **like), var.sqrt().to(**like))
     else:
         rms = (var + mean.square()).sqrt()
         factor = torch.where(rms > 0, existing_rms / rms.clamp_min(1e-30), torch.ones_like(rms))
         factor = factor.to(**like)
-        neurons.scale_neurons(factor, 1.0 / factor)
+        scale_neurons(neurons, factor, 1.0 / factor)
     return base_loss
 
 
 def _prepare_function_preserving(
-    pair: GrowablePair, neurons: CandidateNeurons, method: str, init_scale: float
+    pair: GrowablePair, neurons: NewNeurons, method: str, init_scale: float
 ) -> None:
     """GradMax (α = 0) and random (ω = 0) initialisations that new units can learn from."""
     like = {"dtype": neurons.first_weight.dtype, "device": neurons.first_weight.device}
@@ -116,7 +113,7 @@ def _prepare_function_preserving(
         target = init_scale * float(_fan_out_norms(pair).median())
         norms = _column_norms(neurons)
         scale = torch.where(norms > 0, target / norms.clamp_min(1e-30), torch.zeros_like(norms))
-        neurons.scale_neurons(torch.ones(k, **like), scale.to(**like))
+        scale_neurons(neurons, torch.ones(k, **like), scale.to(**like))
         if pair.dead_at_zero:
             # PyTorch's ReLU has derivative 0 at exactly 0: a unit with zero fan-in would never
             # receive a gradient. A small positive pre-activation opens the gate.
@@ -237,7 +234,7 @@ def _decide_pair(
     decision: PairDecision,
     evaluate: Callable[[], float],
     config: GrowthConfig,
-) -> tuple[CandidateNeurons | None, float, float, float, str]:
+) -> tuple[NewNeurons | None, float, float, float, str]:
     """Returns (neurons or None, amplitude, loss before, loss after, reason)."""
     nan = float("nan")
     if decision.neurons == 0:
@@ -293,6 +290,7 @@ def to_payload(item: PlannedGrowth) -> tuple[str, dict[str, Any]]:
         "first_weight": neurons.first_weight,
         "first_bias": neurons.first_bias,
         "second_weight": neurons.second_weight,
+        "bn_weight": neurons.bn_weight,
         "bn_bias": neurons.bn_bias,
         "bn_running_mean": neurons.bn_running_mean,
         "bn_running_var": neurons.bn_running_var,
