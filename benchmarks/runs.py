@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,22 +134,37 @@ class Suite:
             lambda: train_fixed((width, width), seed, self.split, self.protocol),
         )
 
+    def _digits_lightning(
+        self,
+        name: str,
+        seed: int,
+        widths: tuple[int, ...],
+        callback_options: dict[str, Any] | None = None,
+        extra_callbacks: Sequence[Any] = (),
+    ) -> RunResult:
+        """One digits MLP run through the protocol's Trainer (grown, replayed or fixed)."""
+        split = self.split
+        return run_lightning(
+            name=name,
+            seed=seed,
+            build_backbone=lambda: build_mlp(widths),
+            build_module=classifier_module(self.protocol.learning_rate),
+            train=(split.train_inputs, split.train_labels),
+            evaluate=lambda net: evaluate_classifier(net, split.test_inputs, split.test_labels),
+            epochs=self.protocol.epochs,
+            batch_size=self.protocol.batch_size,
+            callback_options=callback_options,
+            extra_callbacks=extra_callbacks,
+        )
+
     def digits_grown(self, method: str, seed: int) -> RunResult:
         """``GrowthCallback(method=method)`` from ``start_widths`` through a Trainer."""
-        split, start = self.split, self.config.start_widths
+        options = {"method": method, **self.config.callback_options}
         return self._cached(
             f"grown {method}",
             seed,
-            lambda: run_lightning(
-                name=f"grown {method}",
-                seed=seed,
-                build_backbone=lambda: build_mlp(start),
-                build_module=classifier_module(self.protocol.learning_rate),
-                train=(split.train_inputs, split.train_labels),
-                evaluate=lambda net: evaluate_classifier(net, split.test_inputs, split.test_labels),
-                epochs=self.protocol.epochs,
-                batch_size=self.protocol.batch_size,
-                callback_options={"method": method, **self.config.callback_options},
+            lambda: self._digits_lightning(
+                f"grown {method}", seed, self.config.start_widths, callback_options=options
             ),
         )
 
@@ -157,41 +172,22 @@ class Suite:
         """Random neurons at exactly ``grown tiny``'s steps and counts (same seed)."""
         from benchmarks.replay import ReplayGrowth
 
-        events = self.digits_grown("tiny", seed).events
-        split, start = self.split, self.config.start_widths
+        replay = ReplayGrowth(self.digits_grown("tiny", seed).events, seed=seed)
         return self._cached(
             "random, tiny's schedule",
             seed,
-            lambda: run_lightning(
-                name="random replay",
-                seed=seed,
-                build_backbone=lambda: build_mlp(start),
-                build_module=classifier_module(self.protocol.learning_rate),
-                train=(split.train_inputs, split.train_labels),
-                evaluate=lambda net: evaluate_classifier(net, split.test_inputs, split.test_labels),
-                epochs=self.protocol.epochs,
-                batch_size=self.protocol.batch_size,
-                extra_callbacks=[ReplayGrowth(events, seed=seed)],
+            lambda: self._digits_lightning(
+                "random replay", seed, self.config.start_widths, extra_callbacks=[replay]
             ),
         )
 
     def digits_final_fixed(self, seed: int) -> RunResult:
         """The final widths of ``grown tiny`` (same seed) trained fixed by the same Trainer."""
         widths = tuple(self.digits_grown("tiny", seed).widths)
-        split = self.split
         return self._cached(
             "tiny's final widths, fixed",
             seed,
-            lambda: run_lightning(
-                name="final fixed",
-                seed=seed,
-                build_backbone=lambda: build_mlp(widths),
-                build_module=classifier_module(self.protocol.learning_rate),
-                train=(split.train_inputs, split.train_labels),
-                evaluate=lambda net: evaluate_classifier(net, split.test_inputs, split.test_labels),
-                epochs=self.protocol.epochs,
-                batch_size=self.protocol.batch_size,
-            ),
+            lambda: self._digits_lightning("final fixed", seed, widths),
         )
 
     def gromo(self, seed: int) -> RunResult:
