@@ -78,8 +78,17 @@ def _metric_modules(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, Metric)]
 
 
+def _copied(value: Any) -> Any:
+    """A copy that in-place updates of the original cannot reach (tensors and lists of them)."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, list):
+        return [_copied(item) for item in value]
+    return copy.copy(value)
+
+
 def _snapshot_metric(metric: Any) -> dict[str, Any]:
-    state = {name: copy.copy(getattr(metric, name)) for name in metric._defaults}
+    state = {name: _copied(getattr(metric, name)) for name in metric._defaults}
     for name in ("_update_count", "_computed", "_forward_cache"):
         state[name] = copy.copy(getattr(metric, name, None))
     return state

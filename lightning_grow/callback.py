@@ -269,8 +269,19 @@ class GrowthCallback(Callback):
 
         payload: dict[str, Any] | None = None
         if trainer.is_global_zero:
-            payload = self._plan(trainer, pl_module, statistics_seconds)
+            try:
+                payload = self._plan(trainer, pl_module, statistics_seconds)
+            except Exception as error:
+                # Every rank waits in the broadcast below: send the failure, raise everywhere.
+                payload = {"error": f"{type(error).__name__}: {error}"}
+                failure: Exception | None = error
+            else:
+                failure = None
         payload = trainer.strategy.broadcast(payload, src=0)
+        if "error" in payload:
+            if trainer.is_global_zero and failure is not None:
+                raise failure
+            raise RuntimeError(f"GrowthCallback decision failed on rank 0: {payload['error']}")
         assert payload is not None
 
         geometries = {pair.name: pair.geometry() for pair in self.pairs}
@@ -288,7 +299,8 @@ class GrowthCallback(Callback):
         self._held = []
         self.schedule.decided(
             trainer.global_step,
-            any_significant=payload["any_significant"] or extending,
+            any_significant=payload["any_significant"],
+            count_idle=not extending,
         )
         self.reporter.on_decision(trainer, events, self.widths, self.total_parameters)
 
@@ -327,7 +339,9 @@ class GrowthCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, statistics_seconds: float
     ) -> dict[str, Any]:
         assert self.schedule is not None
-        moments = {name: s.moments() for name, s in self._statistics.items()}
+        # A window whose batches all had non-finite gradients (e.g. early fp16 AMP steps) has no
+        # samples: such pairs sit this decision out.
+        moments = {name: s.moments() for name, s in self._statistics.items() if s.num_samples}
         loss_fn = self.loss_fn or default_loss
         held = list(self._held)
 
@@ -417,7 +431,7 @@ class GrowthCallback(Callback):
             patience=self.patience,
         )
         if self._pending_state is not None:
-            self._restore_in_flight(schedule, self._pending_state)
+            self._restore_in_flight(schedule, self._pending_state, trainer.is_global_zero)
             self._pending_state = None
         return schedule
 
@@ -428,9 +442,11 @@ class GrowthCallback(Callback):
         total = trainer.estimated_stepping_batches
         if self.stop_fraction is not None and math.isfinite(total):
             stops.append(int(self.stop_fraction * total))
-        if self.stop_epoch is not None and math.isfinite(total) and trainer.max_epochs:
-            steps_per_epoch = total / max(trainer.max_epochs, 1)
-            stops.append(int(self.stop_epoch * steps_per_epoch))
+        if self.stop_epoch is not None:
+            batches = trainer.num_training_batches
+            if math.isfinite(batches):
+                steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+                stops.append(int(self.stop_epoch * steps_per_epoch))
         return min(stops) if stops else None
 
     # ------------------------------------------------------------------ checkpointing
@@ -444,7 +460,7 @@ class GrowthCallback(Callback):
             state["schedule"] = self.schedule.state_dict()
             # An interrupted window resumes where it was (rank 0's partial sums under DDP).
             state["statistics"] = {
-                name: s.flat_sums().cpu() for name, s in self._statistics.items()
+                name: s.flat_sums().cpu() for name, s in self._statistics.items() if s.num_samples
             }
             state["held"] = [to_device(batch, "cpu") for batch in self._held]
             state["extensions"] = dict(self._extensions)
@@ -458,10 +474,14 @@ class GrowthCallback(Callback):
             self._pending_state = state_dict
             self.schedule = None
 
-    def _restore_in_flight(self, schedule: GrowthSchedule, state: dict[str, Any]) -> None:
+    def _restore_in_flight(
+        self, schedule: GrowthSchedule, state: dict[str, Any], is_global_zero: bool
+    ) -> None:
         schedule.load_state_dict(state["schedule"])
         self._extensions.update(state.get("extensions", {}))
-        for name, sums in state.get("statistics", {}).items():
+        # Saved sums are rank 0's (global after a reduction): the other ranks start empty so the
+        # next reduction counts every sample once.
+        for name, sums in state.get("statistics", {}).items() if is_global_zero else ():
             if name in self._statistics:
                 device = next(iter(self._statistics[name].pair.first.parameters())).device
                 self._statistics[name].load_flat_sums(sums.to(device))

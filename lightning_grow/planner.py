@@ -169,10 +169,11 @@ def plan_growth(
             **config.solver_options,
         )
         for index, pair in enumerate(pairs)
+        if pair.name in moments
     }
     decisions = select_growth(
         candidates,
-        widths,
+        {name: widths[name] for name in candidates},
         per_neuron,
         gain_threshold=config.gain_threshold,
         max_neurons=per_event,
@@ -222,6 +223,30 @@ def plan_growth(
                 },
             )
         )
+    for pair in pairs:
+        if pair.name not in candidates:
+            nan = float("nan")
+            events.append(
+                GrowthEvent(
+                    step=step,
+                    epoch=epoch,
+                    pair=pair.name,
+                    accepted=False,
+                    reason="no samples",
+                    neurons_added=0,
+                    width_before=widths[pair.name],
+                    width_after=widths[pair.name],
+                    expressivity_gain=0.0,
+                    bottleneck_fraction=nan,
+                    num_significant=0,
+                    amplitude=0.0,
+                    loss_before=nan,
+                    loss_after=nan,
+                    total_parameters=0,
+                    method=config.method,
+                    timings=dict.fromkeys(("statistics", "solve", "search", "surgery"), 0.0),
+                )
+            )
     for event in events:
         event.total_parameters = total_parameters + added_parameters
     any_significant = any(c.num_significant > 0 for c in candidates.values())
@@ -261,6 +286,9 @@ def _decide_pair(
     if result.amplitude == 0.0 or decrease < config.min_loss_decrease:
         return None, 0.0, loss_before, result.loss_after, "no loss decrease"
     neurons.second_weight = neurons.second_weight * result.amplitude
+    if pair.batch_norm is not None and not pair.batch_norm.track_running_stats:
+        # The trials normalised with the measured statistics; this BatchNorm keeps none.
+        neurons.bn_running_mean = neurons.bn_running_var = None
     return neurons, result.amplitude, loss_before, result.loss_after, "grown"
 
 

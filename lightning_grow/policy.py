@@ -95,10 +95,17 @@ class GrowthSchedule:
         """Whether the held-out batches are complete after the optimizer step ``step``."""
         return self.phase is Phase.HOLD and step - self.phase_start >= self.hold_steps
 
-    def decided(self, step: int, *, any_significant: bool) -> None:
-        """Record a decision taken after optimizer step ``step``."""
+    def decided(self, step: int, *, any_significant: bool, count_idle: bool = True) -> None:
+        """Record a decision taken after optimizer step ``step``.
+
+        ``count_idle=False`` (a statistics window is being extended) keeps an insignificant
+        decision from counting toward ``patience``: only exhausted windows do.
+        """
         self.decisions += 1
-        self.idle_decisions = 0 if any_significant else self.idle_decisions + 1
+        if any_significant:
+            self.idle_decisions = 0
+        elif count_idle:
+            self.idle_decisions += 1
         if self.patience is not None and self.idle_decisions >= self.patience:
             self._enter(Phase.STOPPED, step)
         elif self.cooldown_steps == 0:

@@ -265,3 +265,17 @@ def test_random_growth_preserves_the_function_at_installation() -> None:
     assert torch.count_nonzero(model.net[2].weight[:, new_rows]) == 0
     assert torch.count_nonzero(model.net[0].weight[new_rows]) > 0
     assert event.loss_after == event.loss_before
+
+
+def test_quiet_evaluation_leaves_in_place_updated_metrics_untouched() -> None:
+    from torchmetrics import MeanMetric
+
+    from lightning_grow._lightning import quiet_evaluation
+
+    module = _Regression()
+    module.tracked = MeanMetric()
+    module.tracked.update(torch.tensor([1.0, 3.0]))
+    with quiet_evaluation(module):
+        module.tracked.update(torch.tensor([100.0]))  # MeanMetric updates its state in place
+    assert module.tracked.compute() == 2.0
+    assert module.training

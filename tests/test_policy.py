@@ -141,3 +141,14 @@ def test_line_search_starts_at_the_first_order_scale_and_needs_few_evaluations()
     assert calls[0] == 1.0
     assert result.evaluations == len(calls) <= 4
     assert all(amplitude > 0 for amplitude in calls)  # the descent sign succeeded: no + / - sweep
+
+
+def test_patience_counts_only_exhausted_windows() -> None:
+    schedule = GrowthSchedule(warmup_steps=0, window_steps=1, hold_steps=1, patience=2)
+    schedule.advance(0)
+    for step in range(2, 20, 2):  # extended windows: insignificant, but not yet exhausted
+        schedule.decided(step, any_significant=False, count_idle=False)
+    assert schedule.phase is Phase.COLLECT
+    schedule.decided(20, any_significant=False)
+    schedule.decided(22, any_significant=False)
+    assert schedule.phase is Phase.STOPPED
