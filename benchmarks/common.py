@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_grow.surgery import count_parameters
+
 __all__ = [
     "RunResult",
     "count_parameters",
@@ -86,11 +88,6 @@ def seed_everything(seed: int) -> None:
     # Seeds the legacy global generator that third-party code may still draw from.
     np.random.seed(seed)  # noqa: NPY002
     torch.manual_seed(seed)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of scalars in the model's parameters."""
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 @torch.no_grad()

@@ -122,37 +122,6 @@ def quiet_evaluation(pl_module: pl.LightningModule) -> Iterator[None]:
                 setattr(metric, name, value)
 
 
-def batch_size_of(batch: Any) -> int:
-    """Leading dimension of the first tensor in a (nested) batch."""
-    if isinstance(batch, Tensor):
-        return int(batch.shape[0])
-    if isinstance(batch, dict):
-        values = list(batch.values())
-    elif isinstance(batch, (list, tuple)):
-        values = list(batch)
-    else:
-        values = []
-    for value in values:
-        try:
-            return batch_size_of(value)
-        except TypeError:
-            continue
-    raise TypeError(f"cannot find a tensor in the training batch of type {type(batch).__name__}")
-
-
-def to_device(batch: Any, device: torch.device | str) -> Any:
-    """Move every tensor of a (nested) batch."""
-    if isinstance(batch, Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {key: to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(to_device(value, device) for value in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(value, device) for value in batch)
-    return batch
-
-
 def check_spawned_parent_can_reload(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
     """ddp_spawn copies rank 0's weights back into the launching process's (ungrown) model."""
     start_method = getattr(trainer.strategy, "_start_method", "popen")

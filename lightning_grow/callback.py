@@ -8,21 +8,21 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.data import extract_batch_size
 from torch import nn
 
 from lightning_grow._arguments import check_arguments
 from lightning_grow._discovery import PairSpec, discover_pairs
 from lightning_grow._lightning import (
     LossFn,
-    batch_size_of,
     check_spawned_parent_can_reload,
     check_strategy,
     default_loss,
     gradient_scale,
     quiet_evaluation,
     rewrap_ddp,
-    to_device,
 )
 from lightning_grow.checkpoint import enable_resize_on_load
 from lightning_grow.events import GrowthEvent
@@ -37,7 +37,7 @@ from lightning_grow.planner import (
 )
 from lightning_grow.policy import GrowthSchedule, Phase
 from lightning_grow.statistics import PairStatistics, reduce_statistics
-from lightning_grow.surgery import NewNeurons, grow_pair
+from lightning_grow.surgery import NewNeurons, count_parameters, grow_pair
 from lightning_grow.topology import (
     GrowablePair,
 )
@@ -268,21 +268,18 @@ class GrowthCallback(Callback):
         statistics_seconds = time.perf_counter() - started + hook_seconds
 
         payload: dict[str, Any] | None = None
+        failure: Exception | None = None
         if trainer.is_global_zero:
             try:
                 payload = self._plan(trainer, pl_module, statistics_seconds)
             except Exception as error:
                 # Every rank waits in the broadcast below: send the failure, raise everywhere.
-                payload = {"error": f"{type(error).__name__}: {error}"}
-                failure: Exception | None = error
-            else:
-                failure = None
+                payload, failure = {"error": f"{type(error).__name__}: {error}"}, error
         payload = trainer.strategy.broadcast(payload, src=0)
         if "error" in payload:
-            if trainer.is_global_zero and failure is not None:
+            if failure is not None:
                 raise failure
             raise RuntimeError(f"GrowthCallback decision failed on rank 0: {payload['error']}")
-        assert payload is not None
 
         geometries = {pair.name: pair.geometry() for pair in self.pairs}
         started = time.perf_counter()
@@ -348,7 +345,7 @@ class GrowthCallback(Callback):
         def evaluate() -> float:
             total, count = 0.0, 0
             for batch in held:
-                size = batch_size_of(batch)
+                size = extract_batch_size(batch)
                 total += float(loss_fn(pl_module, batch)) * size
                 count += size
             return total / max(count, 1)
@@ -378,7 +375,7 @@ class GrowthCallback(Callback):
         for name, tensors in growth:
             pair = by_name[name]
             device = pair.first.weight.device
-            tensors = fit_to_current_shapes(pair, to_device(tensors, device))
+            tensors = fit_to_current_shapes(pair, move_data_to_device(tensors, device))
             neurons = NewNeurons(**tensors)
             grow_pair(pair, neurons, trainer.optimizers)
             grown.add(name)
@@ -397,7 +394,7 @@ class GrowthCallback(Callback):
         """Parameters of the network being grown."""
         if self.network is None:
             return 0
-        return sum(p.numel() for p in self.network.parameters())
+        return count_parameters(self.network)
 
     def _new_statistics(self, pair: GrowablePair) -> PairStatistics:
         return PairStatistics(pair, loss_reduction=self.loss_reduction)
@@ -414,7 +411,7 @@ class GrowthCallback(Callback):
 
     def _build_schedule(self, trainer: pl.Trainer, batch: Any) -> GrowthSchedule:
         # The batch size of rank 0 sets the window length so all ranks agree on the schedule.
-        local_batch = batch_size_of(batch)
+        local_batch = extract_batch_size(batch)
         batch_size = int(trainer.strategy.broadcast(local_batch, src=0))
         per_step = batch_size * trainer.accumulate_grad_batches
         window_samples = self.statistics_samples or max(
@@ -462,7 +459,7 @@ class GrowthCallback(Callback):
             state["statistics"] = {
                 name: s.flat_sums().cpu() for name, s in self._statistics.items() if s.num_samples
             }
-            state["held"] = [to_device(batch, "cpu") for batch in self._held]
+            state["held"] = [move_data_to_device(batch, "cpu") for batch in self._held]
             state["extensions"] = dict(self._extensions)
         return state
 
@@ -486,4 +483,4 @@ class GrowthCallback(Callback):
                 device = next(iter(self._statistics[name].pair.first.parameters())).device
                 self._statistics[name].load_flat_sums(sums.to(device))
         device = self.pairs[0].first.weight.device if self.pairs else "cpu"
-        self._held = [to_device(batch, device) for batch in state.get("held", [])]
+        self._held = [move_data_to_device(batch, device) for batch in state.get("held", [])]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -59,13 +59,14 @@ def parameters_per_neuron(pair: GrowablePair) -> int:
     return geometry.d_x + bn_parameters + geometry.out_features * geometry.num_slots
 
 
-def _fan_out_norms(pair: GrowablePair) -> Tensor:
-    """Norm of every existing hidden unit's output weights in ``second``."""
-    weight = pair.second.weight.detach()
-    if weight.dim() == 4:
-        return weight.transpose(0, 1).flatten(1).norm(dim=1)
-    slots = pair.geometry().num_slots
-    return weight.view(weight.shape[0], -1, slots).transpose(0, 1).flatten(1).norm(dim=1)
+def _unit_output_norms(second_weight: Tensor, units: int) -> Tensor:
+    """Norm of each hidden unit's output weights in ``second`` (its K·J columns for
+    conv→linear, its input-channel slice for a conv)."""
+    if second_weight.dim() == 4:
+        return second_weight.transpose(0, 1).flatten(1).norm(dim=1)
+    return (
+        second_weight.view(second_weight.shape[0], units, -1).transpose(0, 1).flatten(1).norm(dim=1)
+    )
 
 
 def _layer_neurons(pair: GrowablePair, candidates: GrowthCandidates, count: int) -> NewNeurons:
@@ -77,13 +78,6 @@ def _layer_neurons(pair: GrowablePair, candidates: GrowthCandidates, count: int)
         first_bias=None if bias is None else bias.to(**like),
         second_weight=candidates.second_weight(count).to(**like),
     )
-
-
-def _column_norms(neurons: NewNeurons) -> Tensor:
-    weight, k = neurons.second_weight, neurons.num_neurons
-    if weight.dim() == 4:
-        return weight.transpose(0, 1).flatten(1).norm(dim=1)
-    return weight.view(weight.shape[0], k, -1).transpose(0, 1).flatten(1).norm(dim=1)
 
 
 def _prepare_tiny(pair: GrowablePair, neurons: NewNeurons, evaluate: Callable[[], float]) -> float:
@@ -110,8 +104,10 @@ def _prepare_function_preserving(
     like = {"dtype": neurons.first_weight.dtype, "device": neurons.first_weight.device}
     k = neurons.num_neurons
     if method == "gradmax":
-        target = init_scale * float(_fan_out_norms(pair).median())
-        norms = _column_norms(neurons)
+        target = init_scale * float(
+            _unit_output_norms(pair.second.weight.detach(), pair.width).median()
+        )
+        norms = _unit_output_norms(neurons.second_weight, neurons.num_neurons)
         scale = torch.where(norms > 0, target / norms.clamp_min(1e-30), torch.zeros_like(norms))
         scale_neurons(neurons, torch.ones(k, **like), scale.to(**like))
         if pair.dead_at_zero:
@@ -183,8 +179,32 @@ def plan_growth(
     )
     solve_seconds = time.perf_counter() - started
 
+    def event(name: str, reason: str, **measured: Any) -> GrowthEvent:
+        nan = float("nan")
+        record: dict[str, Any] = {
+            "step": step,
+            "epoch": epoch,
+            "pair": name,
+            "accepted": False,
+            "reason": reason,
+            "neurons_added": 0,
+            "width_before": widths[name],
+            "width_after": widths[name],
+            "expressivity_gain": 0.0,
+            "bottleneck_fraction": nan,
+            "num_significant": 0,
+            "amplitude": 0.0,
+            "loss_before": nan,
+            "loss_after": nan,
+            "total_parameters": 0,  # filled in once every pair's growth is known
+            "method": config.method,
+            "timings": dict.fromkeys(("statistics", "solve", "search", "surgery"), 0.0),
+        }
+        return GrowthEvent(**(record | measured))
+
     planned: list[PlannedGrowth] = []
-    events: list[GrowthEvent] = []
+    # Pairs whose window had no finite sample (e.g. early fp16 AMP steps) sit this decision out.
+    events = [event(pair.name, "no samples") for pair in pairs if pair.name not in candidates]
     added_parameters = 0
     for name, decision in decisions.items():
         pair, candidate = by_name[name], candidates[name]
@@ -198,14 +218,11 @@ def plan_growth(
             added_parameters += added * per_neuron[name]
         bottleneck_fraction = candidate.bottleneck / candidate.v_sq if candidate.v_sq > 0 else 0.0
         events.append(
-            GrowthEvent(
-                step=step,
-                epoch=epoch,
-                pair=name,
+            event(
+                name,
+                reason,
                 accepted=neurons is not None,
-                reason=reason,
                 neurons_added=added,
-                width_before=widths[name],
                 width_after=widths[name] + added,
                 expressivity_gain=decision.expressivity_gain,
                 bottleneck_fraction=float(bottleneck_fraction),
@@ -213,8 +230,6 @@ def plan_growth(
                 amplitude=amplitude,
                 loss_before=loss_before,
                 loss_after=loss_after,
-                total_parameters=0,  # filled in once every pair's growth is known
-                method=config.method,
                 timings={
                     "statistics": statistics_seconds / max(len(pairs), 1),
                     "solve": solve_seconds / max(len(pairs), 1),
@@ -223,30 +238,6 @@ def plan_growth(
                 },
             )
         )
-    for pair in pairs:
-        if pair.name not in candidates:
-            nan = float("nan")
-            events.append(
-                GrowthEvent(
-                    step=step,
-                    epoch=epoch,
-                    pair=pair.name,
-                    accepted=False,
-                    reason="no samples",
-                    neurons_added=0,
-                    width_before=widths[pair.name],
-                    width_after=widths[pair.name],
-                    expressivity_gain=0.0,
-                    bottleneck_fraction=nan,
-                    num_significant=0,
-                    amplitude=0.0,
-                    loss_before=nan,
-                    loss_after=nan,
-                    total_parameters=0,
-                    method=config.method,
-                    timings=dict.fromkeys(("statistics", "solve", "search", "surgery"), 0.0),
-                )
-            )
     for event in events:
         event.total_parameters = total_parameters + added_parameters
     any_significant = any(c.num_significant > 0 for c in candidates.values())
@@ -313,18 +304,10 @@ def fit_to_current_shapes(pair: GrowablePair, tensors: dict[str, Any]) -> dict[s
 
 
 def to_payload(item: PlannedGrowth) -> tuple[str, dict[str, Any]]:
-    neurons = item.neurons
-    fields = {
-        "first_weight": neurons.first_weight,
-        "first_bias": neurons.first_bias,
-        "second_weight": neurons.second_weight,
-        "bn_weight": neurons.bn_weight,
-        "bn_bias": neurons.bn_bias,
-        "bn_running_mean": neurons.bn_running_mean,
-        "bn_running_var": neurons.bn_running_var,
-    }
+    """``(pair name, NewNeurons fields on the CPU)``: what rank 0 broadcasts."""
+    tensors = {entry.name: getattr(item.neurons, entry.name) for entry in fields(item.neurons)}
     return item.pair.name, {
-        key: None if value is None else value.detach().cpu() for key, value in fields.items()
+        key: None if value is None else value.detach().cpu() for key, value in tensors.items()
     }
 
 
