@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,6 +30,29 @@ def check_strategy(strategy: Any) -> None:
         f"'ddp_spawn'), not {name}: sharded strategies such as FSDP and DeepSpeed split "
         f"parameters across ranks, so layers cannot be widened in place. Use strategy='ddp'."
     )
+
+
+_gloo_exit_settled = False
+
+
+def settle_gloo_at_exit(seconds: float = 0.2) -> None:
+    """Let gloo's worker threads free their last collective before this process exits.
+
+    torch's gloo worker thread drops its reference to a finished collective after the waiting
+    thread has moved on, and freeing it takes the GIL (the work keeps the caller's Python
+    context). A rank that exits right after its last collective can start finalizing the
+    interpreter first; the worker thread is then killed inside a ``noexcept`` destructor and the
+    process aborts ("terminate called without an active exception", SIGABRT) after training
+    finished. Releasing the GIL for a moment at exit, before finalization starts, lets the
+    worker finish. Registered once per process; only DDP on gloo needs it.
+    """
+    global _gloo_exit_settled
+    distributed = torch.distributed
+    on_gloo = distributed.is_available() and distributed.is_initialized()
+    if _gloo_exit_settled or not on_gloo or distributed.get_backend() != "gloo":
+        return
+    _gloo_exit_settled = True
+    atexit.register(time.sleep, seconds)
 
 
 def rewrap_ddp(trainer: pl.Trainer) -> None:

@@ -23,6 +23,7 @@ from lightning_grow._lightning import (
     gradient_scale,
     quiet_evaluation,
     rewrap_ddp,
+    settle_gloo_at_exit,
 )
 from lightning_grow.checkpoint import enable_resize_on_load
 from lightning_grow.events import GrowthEvent
@@ -193,6 +194,7 @@ class GrowthCallback(Callback):
         if stage == "fit":
             check_strategy(trainer.strategy)
             check_spawned_parent_can_reload(trainer, pl_module)
+            settle_gloo_at_exit()
         # Grown checkpoints hold larger tensors than a freshly built model: resize on load.
         enable_resize_on_load(pl_module)
         if stage != "fit":

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import lightning.pytorch as pl
 import pytest
 import torch
+from _gloo_exit import SettleGlooAtExit
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch import nn
@@ -167,7 +168,8 @@ def _fit(callback: Callback, loggers: list, **trainer_args) -> None:
         "enable_progress_bar": False,
         "enable_model_summary": False,
     }
-    trainer = pl.Trainer(logger=loggers, callbacks=[callback], **{**settings, **trainer_args})
+    callbacks = [callback, SettleGlooAtExit()]
+    trainer = pl.Trainer(logger=loggers, callbacks=callbacks, **{**settings, **trainer_args})
     trainer.fit(_Tiny(), loader)
 
 
