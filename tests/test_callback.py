@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -138,9 +140,9 @@ def _regression_loader() -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=False)
 
 
-def _growth_callback() -> GrowthCallback:
+def _growth_callback(**options: Any) -> GrowthCallback:
     # Permissive thresholds: these tests are about state, not about the growth policy.
-    return GrowthCallback(
+    permissive = dict(
         significance_margin=0.0,
         statistics_samples=64,
         held_samples=32,
@@ -150,6 +152,7 @@ def _growth_callback() -> GrowthCallback:
         stop_fraction=None,
         verbose=False,
     )
+    return GrowthCallback(**{**permissive, **options})
 
 
 def test_resume_from_checkpoint_continues_with_the_same_decisions(tmp_path) -> None:
@@ -229,16 +232,7 @@ class _ReluRegression(_Regression):
 def _grow_once(method: str) -> tuple[_ReluRegression, GrowthCallback]:
     pl.seed_everything(0, verbose=False)
     model = _ReluRegression()
-    callback = GrowthCallback(
-        method=method,
-        significance_margin=0.0,
-        statistics_samples=64,
-        held_samples=32,
-        gain_threshold=0.0,
-        patience=None,
-        stop_fraction=None,
-        verbose=False,
-    )
+    callback = _growth_callback(method=method)
     _trainer([callback], max_steps=3).fit(model, _regression_loader())
     assert [e.accepted for e in callback.history] == [True], callback.history
     return model, callback

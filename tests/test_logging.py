@@ -21,12 +21,12 @@ from types import SimpleNamespace
 import lightning.pytorch as pl
 import pytest
 import torch
-from _gloo_exit import SettleGlooAtExit
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_grow._lightning import settle_gloo_at_exit
 from lightning_grow.console import architecture_rows, print_architecture
 from lightning_grow.events import GrowthEvent
 from lightning_grow.logging import GrowthReporter, PairMetricNames, event_table_columns
@@ -157,6 +157,13 @@ class _Tiny(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+class _SettleGlooAtExit(Callback):
+    """GrowthCallback's exit guard for 2-rank gloo workers, for runs without GrowthCallback."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        settle_gloo_at_exit()
+
+
 def _fit(callback: Callback, loggers: list, **trainer_args) -> None:
     x = torch.randn(64, 4)
     loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
@@ -168,7 +175,7 @@ def _fit(callback: Callback, loggers: list, **trainer_args) -> None:
         "enable_progress_bar": False,
         "enable_model_summary": False,
     }
-    callbacks = [callback, SettleGlooAtExit()]
+    callbacks = [callback, _SettleGlooAtExit()]
     trainer = pl.Trainer(logger=loggers, callbacks=callbacks, **{**settings, **trainer_args})
     trainer.fit(_Tiny(), loader)
 
