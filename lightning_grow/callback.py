@@ -21,6 +21,7 @@ from lightning_grow._lightning import (
     check_strategy,
     default_loss,
     gradient_scale,
+    merge_batches,
     quiet_evaluation,
     rewrap_ddp,
     settle_gloo_at_exit,
@@ -78,7 +79,8 @@ class GrowthCallback(Callback):
         Samples per statistics window. ``None``: ``max(512, 2 × the largest moment dimension)``
         of the pairs, so bigger layers get more samples.
     held_samples
-        Training samples held out (after each window) for the amplitude search.
+        Training samples held out (after each window) for the amplitude search. Batches of
+        tensors are concatenated so that each trial is one ``training_step`` call.
     cooldown_steps
         Optimizer steps between a decision and the next window.
     max_window_extensions
@@ -345,7 +347,7 @@ class GrowthCallback(Callback):
         # samples: such pairs sit this decision out.
         moments = {name: s.moments() for name, s in self._statistics.items() if s.num_samples}
         loss_fn = self.loss_fn or default_loss
-        held = list(self._held)
+        held = merge_batches(self._held)
 
         def evaluate() -> float:
             total, count = 0.0, 0
