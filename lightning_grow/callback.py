@@ -93,8 +93,10 @@ class GrowthCallback(Callback):
         No growth at or after this optimizer step, epoch, or fraction of the estimated total
         steps (``stop_fraction=0.5``: the second half of training trains the final network).
     patience
-        Stop growing after this many consecutive decisions in which no pair had a significant
-        neuron (``None``: never).
+        After this many consecutive exhausted windows in which no pair had a significant neuron,
+        pause growth for as many steps as it has gone without one, then look again (``None``:
+        never pause). Pauses grow with every idle stretch, so an idle search costs ever less,
+        while a network that training has moved to a new bottleneck still gets it fixed.
     gain_threshold
         Minimum expressivity gain, the share ``λ_k² / E‖v‖²`` of the desired update, that each
         new neuron must realise.

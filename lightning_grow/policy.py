@@ -9,8 +9,11 @@ The cycle (all counts in optimizer steps, identical on every rank)::
                    ▲                                                                              │
                    └──────────────────────────────────────────────────────────────────────────────┘
 
-Growth stops for good at ``stop_step`` or after ``patience`` consecutive decisions in which no
-pair had a significant neuron.
+Growth stops for good at ``stop_step``. After ``patience`` consecutive exhausted windows in which
+no pair had a significant neuron it *pauses* for as many steps as it has gone without finding
+one, then looks again: training moves the network, and a network stuck short of its task often
+shows a new bottleneck later. Each pause is at least as long as the idle stretch before it, so
+at most half of the remaining steps collect statistics, and ever fewer while nothing is found.
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ class GrowthSchedule:
     stop_step
         No window opens at or after this step (``None``: never stop for that reason).
     patience
-        Stop after this many consecutive decisions without any significant neuron
-        (``None``: never stop for that reason).
+        Pause after this many consecutive exhausted windows without any significant neuron
+        (``None``: never pause).
     """
 
     warmup_steps: int
@@ -65,6 +68,8 @@ class GrowthSchedule:
     phase_start: int = 0
     decisions: int = 0
     idle_decisions: int = 0
+    wait_steps: int = 0
+    active_step: int = 0
 
     def __post_init__(self) -> None:
         for name in ("warmup_steps", "cooldown_steps"):
@@ -84,10 +89,11 @@ class GrowthSchedule:
             self.phase = Phase.STOPPED
             return self.phase
         if self.phase is Phase.WARMUP and step >= self.warmup_steps:
+            self.active_step = step
             self._enter(Phase.COLLECT, step)
         elif self.phase is Phase.COLLECT and step - self.phase_start >= self.window_steps:
             self._enter(Phase.HOLD, step)
-        elif self.phase is Phase.COOLDOWN and step - self.phase_start >= self.cooldown_steps:
+        elif self.phase is Phase.COOLDOWN and step - self.phase_start >= self.wait_steps:
             self._enter(Phase.COLLECT, step)
         return self.phase
 
@@ -104,14 +110,25 @@ class GrowthSchedule:
         self.decisions += 1
         if any_significant:
             self.idle_decisions = 0
+            self.active_step = step
         elif count_idle:
             self.idle_decisions += 1
         if self.patience is not None and self.idle_decisions >= self.patience:
-            self._enter(Phase.STOPPED, step)
+            # Pause as long as the search has gone without finding anything: a network stuck
+            # short of its task gets looked at again, an idle one costs ever less.
+            self.idle_decisions = 0
+            self.wait_steps = max(step - self.active_step, self.cooldown_steps)
+            self._enter(Phase.COOLDOWN, step)
         elif self.cooldown_steps == 0:
             self._enter(Phase.COLLECT, step)
         else:
+            self.wait_steps = self.cooldown_steps
             self._enter(Phase.COOLDOWN, step)
+
+    @property
+    def paused(self) -> bool:
+        """Whether growth is waiting out a pause after ``patience`` idle windows."""
+        return self.phase is Phase.COOLDOWN and self.wait_steps > self.cooldown_steps
 
     def _enter(self, phase: Phase, step: int) -> None:
         self.phase, self.phase_start = phase, step
@@ -122,6 +139,8 @@ class GrowthSchedule:
             "phase_start": self.phase_start,
             "decisions": self.decisions,
             "idle_decisions": self.idle_decisions,
+            "wait_steps": self.wait_steps,
+            "active_step": self.active_step,
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -129,6 +148,8 @@ class GrowthSchedule:
         self.phase_start = int(state["phase_start"])  # type: ignore[arg-type]
         self.decisions = int(state["decisions"])  # type: ignore[arg-type]
         self.idle_decisions = int(state["idle_decisions"])  # type: ignore[arg-type]
+        self.wait_steps = int(state.get("wait_steps", self.cooldown_steps))  # type: ignore[arg-type]
+        self.active_step = int(state.get("active_step", 0))  # type: ignore[arg-type]
 
 
 @dataclass

@@ -40,17 +40,46 @@ def test_schedule_cycles_through_phases_in_optimizer_steps() -> None:
     assert schedule.advance(8) is Phase.COLLECT
 
 
-def test_schedule_stops_after_patience_and_at_stop_step() -> None:
+def test_schedule_pauses_after_patience_and_stops_at_stop_step() -> None:
     schedule = GrowthSchedule(warmup_steps=0, window_steps=1, hold_steps=1, patience=2)
     schedule.advance(0)
-    schedule.decided(2, any_significant=False)
-    assert schedule.phase is Phase.COLLECT
+    schedule.decided(2, any_significant=True)
     schedule.decided(4, any_significant=False)
-    assert schedule.advance(5) is Phase.STOPPED
+    assert schedule.phase is Phase.COLLECT
+    schedule.decided(6, any_significant=False)
+    # Idle since step 2: pause for those 4 steps, then look again.
+    assert schedule.paused
+    assert [schedule.advance(step).value for step in (7, 9, 10)] == [
+        "cooldown",
+        "cooldown",
+        "collect",
+    ]
+    # Nothing again: the pause covers everything since step 2 (it grows geometrically).
+    schedule.decided(12, any_significant=False)
+    schedule.decided(14, any_significant=False)
+    assert schedule.advance(25) is Phase.COOLDOWN
+    assert schedule.advance(26) is Phase.COLLECT
+    # A significant decision ends the idle stretch: the next pause is short again.
+    schedule.decided(28, any_significant=True)
+    schedule.decided(30, any_significant=False)
+    schedule.decided(32, any_significant=False)
+    assert schedule.advance(35) is Phase.COOLDOWN
+    assert schedule.advance(36) is Phase.COLLECT
 
     stopping = GrowthSchedule(warmup_steps=0, window_steps=10, hold_steps=1, stop_step=4)
     assert stopping.advance(3) is Phase.COLLECT
     assert stopping.advance(4) is Phase.STOPPED
+
+
+def test_statistics_collect_at_most_half_the_steps_once_nothing_is_found() -> None:
+    schedule = GrowthSchedule(warmup_steps=0, window_steps=3, hold_steps=1, patience=2)
+    collecting = 0
+    for step in range(10_000):
+        collecting += schedule.advance(step) is Phase.COLLECT
+        if schedule.ready_to_decide(step + 1):
+            schedule.decided(step + 1, any_significant=False)
+    assert schedule.decisions > 10  # it keeps looking ...
+    assert collecting < 0.5 * 10_000 * 3 / 4  # ... at a falling rate
 
 
 def test_schedule_state_round_trip() -> None:
@@ -151,4 +180,4 @@ def test_patience_counts_only_exhausted_windows() -> None:
     assert schedule.phase is Phase.COLLECT
     schedule.decided(20, any_significant=False)
     schedule.decided(22, any_significant=False)
-    assert schedule.phase is Phase.STOPPED
+    assert schedule.paused
