@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_DAMPING",
     "DEFAULT_EIG_CUTOFF",
     "inverse_sqrt_psd",
+    "kept_spectrum",
     "optimal_update",
     "psd_rank",
     "pseudo_inverse_psd",
@@ -70,6 +71,18 @@ def _regularised_spectrum(
     return eigenvectors, eigenvalues.clamp_min(0.0) + ridge, kept
 
 
+def kept_spectrum(
+    matrix: Tensor, *, eig_cutoff: float = DEFAULT_EIG_CUTOFF, damping: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """``(V, values)`` on the kept range: ``(A + ρI)⁺ = V diag(1/values) Vᵀ``.
+
+    One eigendecomposition serves the pseudo-inverse, its square root and the rank
+    (``values.numel()``); see :func:`pseudo_inverse_psd` for the arguments.
+    """
+    vectors, values, kept = _regularised_spectrum(matrix, eig_cutoff=eig_cutoff, damping=damping)
+    return vectors[:, kept], values[kept]
+
+
 def psd_rank(matrix: Tensor, *, eig_cutoff: float = DEFAULT_EIG_CUTOFF) -> int:
     """Number of eigenvalues of a PSD matrix kept by the relative ``eig_cutoff``."""
     _, _, kept = _regularised_spectrum(matrix, eig_cutoff=eig_cutoff, damping=0.0)
@@ -95,8 +108,7 @@ def pseudo_inverse_psd(
     Tensor
         ``(d, d)`` float64.
     """
-    vectors, values, kept = _regularised_spectrum(matrix, eig_cutoff=eig_cutoff, damping=damping)
-    vectors, values = vectors[:, kept], values[kept]
+    vectors, values = kept_spectrum(matrix, eig_cutoff=eig_cutoff, damping=damping)
     return (vectors / values) @ vectors.T
 
 
@@ -120,8 +132,7 @@ def inverse_sqrt_psd(
         ``(d, d)`` float64, symmetric; ``R A R`` is the projector on the kept range when
         ``damping = 0``.
     """
-    vectors, values, kept = _regularised_spectrum(matrix, eig_cutoff=eig_cutoff, damping=damping)
-    vectors, values = vectors[:, kept], values[kept]
+    vectors, values = kept_spectrum(matrix, eig_cutoff=eig_cutoff, damping=damping)
     return (vectors * values.rsqrt()) @ vectors.T
 
 
