@@ -91,7 +91,10 @@ class GrowthCallback(Callback):
         short of the teacher's width.
     stop_step, stop_epoch, stop_fraction
         No growth at or after this optimizer step, epoch, or fraction of the estimated total
-        steps (``stop_fraction=0.5``: the second half of training trains the final network).
+        steps. The default, 0.6, leaves the last 40 % of training to the final network; at 0.5
+        slow-growing runs were cut off short of their size (teacher–student: 4 of 10 students
+        stopped at width 26–30 with 3–7× the MSE of width 32), while runs whose growth had
+        settled earlier (digits CNN) are unchanged.
     patience
         After this many consecutive exhausted windows in which no pair had a significant neuron,
         pause growth for as many steps as it has gone without one, then look again (``None``:
@@ -143,7 +146,7 @@ class GrowthCallback(Callback):
         max_window_extensions: int = 15,
         stop_step: int | None = None,
         stop_epoch: int | None = None,
-        stop_fraction: float | None = 0.5,
+        stop_fraction: float | None = 0.6,
         patience: int | None = 3,
         gain_threshold: float = 0.001,
         significance_margin: float = 1.0,
