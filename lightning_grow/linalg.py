@@ -29,7 +29,6 @@ __all__ = [
     "inverse_sqrt_psd",
     "kept_spectrum",
     "optimal_update",
-    "psd_rank",
     "pseudo_inverse_psd",
     "symmetrise",
     "update_from_pseudo_inverse",
@@ -81,12 +80,6 @@ def kept_spectrum(
     """
     vectors, values, kept = _regularised_spectrum(matrix, eig_cutoff=eig_cutoff, damping=damping)
     return vectors[:, kept], values[kept]
-
-
-def psd_rank(matrix: Tensor, *, eig_cutoff: float = DEFAULT_EIG_CUTOFF) -> int:
-    """Number of eigenvalues of a PSD matrix kept by the relative ``eig_cutoff``."""
-    _, _, kept = _regularised_spectrum(matrix, eig_cutoff=eig_cutoff, damping=0.0)
-    return int(kept.sum())
 
 
 def pseudo_inverse_psd(
