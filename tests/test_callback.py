@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -14,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_grow import GrowthCallback
 from lightning_grow.data import DigitsDataModule
 from lightning_grow.models import CNN, MLP, ClassifierModule
+from tests.helpers import permissive_callback
 
 
 def _trainer(callbacks, **options) -> pl.Trainer:
@@ -140,27 +139,12 @@ def _regression_loader() -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=False)
 
 
-def _growth_callback(**options: Any) -> GrowthCallback:
-    # Permissive thresholds: these tests are about state, not about the growth policy.
-    permissive = dict(
-        significance_margin=0.0,
-        statistics_samples=64,
-        held_samples=32,
-        gain_threshold=0.0,
-        min_loss_decrease=0.0,
-        patience=None,
-        stop_fraction=None,
-        verbose=False,
-    )
-    return GrowthCallback(**{**permissive, **options})
-
-
 def test_resume_from_checkpoint_continues_with_the_same_decisions(tmp_path) -> None:
     # Run A: 60 steps straight through, with a checkpoint at step 30 (end of epoch 3).
     pl.seed_everything(0, verbose=False)
     model_a = _Regression()
     checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=30, save_top_k=-1)
-    callback_a = _growth_callback()
+    callback_a = permissive_callback()
     trainer_a = _trainer([callback_a, checkpoint], max_steps=60, enable_checkpointing=True)
     trainer_a.fit(model_a, _regression_loader())
     path = next(p for p in tmp_path.iterdir() if "step=30" in p.name)
@@ -170,7 +154,7 @@ def test_resume_from_checkpoint_continues_with_the_same_decisions(tmp_path) -> N
     # Run B: a freshly built tiny model resumed from step 30.
     pl.seed_everything(0, verbose=False)
     model_b = _Regression()
-    callback_b = _growth_callback()
+    callback_b = permissive_callback()
     trainer_b = _trainer([callback_b], max_steps=60)
     trainer_b.fit(model_b, _regression_loader(), ckpt_path=path)
 
@@ -232,7 +216,7 @@ class _ReluRegression(_Regression):
 def _grow_once(method: str) -> tuple[_ReluRegression, GrowthCallback]:
     pl.seed_everything(0, verbose=False)
     model = _ReluRegression()
-    callback = _growth_callback(method=method)
+    callback = permissive_callback(method=method)
     _trainer([callback], max_steps=3).fit(model, _regression_loader())
     assert [e.accepted for e in callback.history] == [True], callback.history
     return model, callback

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_grow import GrowthCallback
 from lightning_grow._lightning import merge_batches
+from tests.helpers import permissive_callback
 
 Sample = namedtuple("Sample", ["image", "label"])
 
@@ -83,16 +83,7 @@ def test_the_amplitude_search_evaluates_all_held_samples_in_one_call() -> None:
     y = torch.stack([torch.sin(3 * x[:, 0]), x[:, 1] * x[:, 2], x[:, 3].abs()], dim=1)
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
     model = _CountingRegression()
-    callback = GrowthCallback(
-        statistics_samples=128,
-        held_samples=64,
-        significance_margin=0.0,
-        gain_threshold=0.0,
-        min_loss_decrease=0.0,
-        stop_fraction=None,
-        patience=None,
-        verbose=False,
-    )
+    callback = permissive_callback(statistics_samples=128, held_samples=64)
     trainer = pl.Trainer(
         max_steps=60,
         accelerator="cpu",

@@ -1,0 +1,22 @@
+"""Shared test helpers (imported as ``tests.helpers``; pyproject puts the repo root on the path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_grow import GrowthCallback
+
+
+def permissive_callback(**options: Any) -> GrowthCallback:
+    """A callback that grows whenever it can: for tests about state and plumbing, not policy."""
+    permissive = dict(
+        significance_margin=0.0,
+        statistics_samples=64,
+        held_samples=32,
+        gain_threshold=0.0,
+        min_loss_decrease=0.0,
+        patience=None,
+        stop_fraction=None,
+        verbose=False,
+    )
+    return GrowthCallback(**{**permissive, **options})
