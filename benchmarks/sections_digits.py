@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import RunResult, format_mean_std, mean_std
+from benchmarks.common import RunResult, format_mean_std, mean_std, paired_comparison
 from benchmarks.report import Section, new_figure, save_figure
 from benchmarks.runs import Suite
 
@@ -181,6 +181,18 @@ def quality_section(suite: Suite, directory: Path) -> Section:
         "replayed* isolates the neurons: random function-preserving neurons (Kaiming fan-in, "
         "zero fan-out) added at exactly the steps and counts of the TINY run of the same seed "
         "(`benchmarks/replay.py`); the target above is measured against it."
+    )
+    section.add(
+        "Paired over seeds, test CE of the replay minus test CE of TINY: "
+        + paired_comparison(
+            [t.metrics["cross_entropy"] for t in tiny], [r.metrics["cross_entropy"] for r in replay]
+        )
+        + ". Of its final architecture trained from scratch minus TINY: "
+        + paired_comparison(
+            [t.metrics["cross_entropy"] for t in tiny], [f.metrics["cross_entropy"] for f in final]
+        )
+        + ". The sign test asks how likely at least that many wins are if each seed were a coin "
+        "flip; 9 of 10 needs p ≤ 0.011."
     )
     for method in GROWTH_METHODS:
         section.add(f'Growth diagnostics, `method="{method}"` (one row per seed):')

@@ -7,6 +7,7 @@ against independent computations.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.__main__ import SECTIONS, main
-from benchmarks.common import seed_everything
+from benchmarks.common import paired_comparison, seed_everything
 from benchmarks.digits import build_mlp, load_digits_split, train_plain
 from benchmarks.lightning_runs import classifier_module, fit_with_trainer, make_loader
 from benchmarks.pair_math import moments_from_samples, pair_samples
@@ -84,6 +85,21 @@ def test_pair_moments_match_per_sample_autograd() -> None:
     torch.testing.assert_close(moments.Mx, Mx)
     torch.testing.assert_close(moments.Mx_noise, Mx_noise)
     assert moments.n == n
+
+
+def test_paired_comparison_sign_test_matches_enumeration() -> None:
+    """The sign-test p equals the share of all 2^n coin-flip outcomes with at least as many wins."""
+    better = [0.10, 0.20, 0.15, 0.30, 0.12, 0.18, 0.25]
+    worse = [0.12, 0.19, 0.20, 0.35, 0.11, 0.30, 0.26]
+    wins = sum(w > b for b, w in zip(better, worse))
+    outcomes = list(itertools.product((0, 1), repeat=len(better)))
+    expected_p = sum(sum(outcome) >= wins for outcome in outcomes) / len(outcomes)
+    differences = torch.tensor(worse, dtype=torch.float64) - torch.tensor(better)
+    text = paired_comparison(better, worse)
+    assert text.startswith(f"{differences.mean():.3f} ± {differences.std():.3f}")
+    assert f"s.e. {differences.std() / math.sqrt(len(better)):.3f}" in text
+    assert f"{wins} of {len(better)} seeds" in text
+    assert text.endswith(f"p = {expected_p:.2g}")
 
 
 def test_every_section_runs_at_toy_size(tmp_path) -> None:
