@@ -91,15 +91,7 @@ def test_conv_models_grow_and_accepted_events_lower_the_held_loss(architecture: 
         data = pl.LightningDataModule.from_datasets(train_dataset=loader.dataset, batch_size=32)
         network = _tiny_resnet(num_classes=4)
     model = _ImageClassifier(network, num_classes=10 if architecture == "cnn" else 4)
-    callback = GrowthCallback(
-        statistics_samples=128,
-        held_samples=64,
-        gain_threshold=0.0,
-        min_loss_decrease=0.0,
-        patience=None,
-        stop_fraction=None,
-        verbose=False,
-    )
+    callback = permissive_callback(statistics_samples=128, held_samples=64)
     trainer = _trainer([callback], max_steps=40)
     trainer.fit(model, data)
     accepted = [event for event in callback.history if event.accepted]

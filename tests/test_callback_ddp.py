@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_grow import GrowthCallback
 from lightning_grow.checkpoint import ResizeOnLoadMixin
+from tests.helpers import permissive_callback
 
 # Tensors crossing into spawned processes fail with the default strategy on this kind of machine.
 torch.multiprocessing.set_sharing_strategy("file_system")
@@ -85,15 +86,7 @@ def test_ddp_ranks_stay_bitwise_identical_through_growth(tmp_path, accumulate, p
     pl.seed_everything(0, verbose=False)
     model = _Regression()
     result = tmp_path / "fingerprints.json"
-    growth = GrowthCallback(
-        statistics_samples=64,
-        held_samples=32,
-        gain_threshold=0.0,
-        min_loss_decrease=0.0,
-        patience=None,
-        stop_fraction=None,
-        verbose=False,
-    )
+    growth = permissive_callback()
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
