@@ -182,15 +182,15 @@ def quality_section(suite: Suite, directory: Path) -> Section:
         "zero fan-out) added at exactly the steps and counts of the TINY run of the same seed "
         "(`benchmarks/replay.py`); the target above is measured against it."
     )
+
+    def test_ce(runs: Sequence[RunResult]) -> list[float]:
+        return [run.metrics["cross_entropy"] for run in runs]
+
     section.add(
         "Paired over seeds, test CE of the replay minus test CE of TINY: "
-        + paired_comparison(
-            [t.metrics["cross_entropy"] for t in tiny], [r.metrics["cross_entropy"] for r in replay]
-        )
+        + paired_comparison(test_ce(tiny), test_ce(replay))
         + ". Of its final architecture trained from scratch minus TINY: "
-        + paired_comparison(
-            [t.metrics["cross_entropy"] for t in tiny], [f.metrics["cross_entropy"] for f in final]
-        )
+        + paired_comparison(test_ce(tiny), test_ce(final))
         + ". The sign test asks how likely at least that many wins are if each seed were a coin "
         "flip; 9 of 10 needs p ≤ 0.011."
     )
