@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_grow._moment_sums import SumLayout, batch_sums
+from lightning_grow._sampled_sums import ConvIndex, conv_index, sampled_conv_sums
 from lightning_grow.moments import PairMoments
 from lightning_grow.topology import GrowablePair, GrowthConfigurationError, layer_problem
 
@@ -50,6 +51,15 @@ class PairStatistics:
         Decide whether a batch is finite on the device, without a host synchronisation (the
         batch's sums go through a scratch buffer). ``None``: on accelerators, not on the CPU
         (where the check is free and the sums go straight into the accumulators).
+    images_per_batch
+        Accumulate only this many images of each batch, drawn at random (``None``: all). The
+        moments stay per-image averages; ``num_samples`` counts the images used.
+    positions
+        For conv→conv pairs: output positions drawn per image (and as many hidden positions for
+        ``Sx``), an unbiased estimate of the exact sums (:mod:`lightning_grow._sampled_sums`).
+        ``None``: every position.
+    seed
+        Seed of the image and position draws.
 
     Attributes
     ----------
@@ -75,6 +85,9 @@ class PairStatistics:
         chunk_elements: int = 2**26,
         max_buffer_elements: int = 2**28,
         sync_free: bool | None = None,
+        images_per_batch: int | None = None,
+        positions: int | None = None,
+        seed: int = 0,
     ) -> None:
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', not {loss_reduction!r}")
@@ -88,6 +101,13 @@ class PairStatistics:
         self.chunk_elements = chunk_elements
         self.max_buffer_elements = max_buffer_elements
         self.sync_free = sync_free
+        for name, value in (("images_per_batch", images_per_batch), ("positions", positions)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer or None, got {value}")
+        self.images_per_batch = images_per_batch
+        self.positions = positions
+        self._generator = torch.Generator().manual_seed(seed)
+        self._conv_index: ConvIndex | None = None
         self.gradient_scale = 1.0
         self.elapsed_seconds = 0.0
         self._layout = self._checked_layout()
@@ -263,8 +283,17 @@ class PairStatistics:
                     "window was open; call reset() after growing"
                 )
             unbatched_dims = 1 if layout.geometry.kind == "linear" else 3
-            batch = 1 if grad.dim() == unbatched_dims else grad.shape[0]
+            if grad.dim() == unbatched_dims:
+                x, h, grad = x[None], h[None], grad[None]
+            batch = grad.shape[0]
             scale = -self.gradient_scale * (batch if self.loss_reduction == "mean" else 1)
+            if self.images_per_batch is not None and self.images_per_batch < batch:
+                # A uniform draw keeps the per-image averages unbiased; the per-sample scale
+                # above still uses the whole batch, over which the loss was averaged.
+                keep = torch.randperm(batch, generator=self._generator)[: self.images_per_batch]
+                keep = keep.sort().values.to(grad.device)
+                x, h, grad = x[keep], h[keep], grad[keep]
+                batch = grad.shape[0]
             v = grad.detach().to(self.dtype) * scale
             x, h = x.detach().to(self.dtype), h.detach().to(self.dtype)
             if self._sums is None:
@@ -273,7 +302,7 @@ class PairStatistics:
             if sync_free:
                 self._accumulate_on_device(layout, x, h, v, batch)
             elif bool(torch.isfinite(x.sum() + h.sum() + v.sum())):  # a free check on the CPU
-                batch_sums(self.pair, layout, x, h, v, self.chunk_elements, self._sums, False)
+                self._batch_sums(x, h, v, self._sums, overwrite=False)
                 self._sums[-2] += batch
             else:
                 self._sums[-1] += 1
@@ -288,7 +317,7 @@ class PairStatistics:
         if scratch is None or scratch.numel() != layout.total or scratch.device != v.device:
             # Reused while the window is open: a fresh large buffer per batch is slow to map.
             scratch = self._scratch = v.new_empty(layout.total)
-        batch_sums(self.pair, layout, x, h, v, self.chunk_elements, scratch, True)
+        self._batch_sums(x, h, v, scratch, overwrite=True)
         # Any inf/NaN in v, x or h reaches v_sq, S or Sx and hence the total: one reduction is
         # much cheaper than an elementwise isfinite. A rejected batch adds zeros.
         accepted = torch.isfinite(scratch.sum()).to(self.dtype)
@@ -296,6 +325,33 @@ class PairStatistics:
         scratch.nan_to_num_(0.0, 0.0, 0.0)
         self._sums.addcmul_(scratch, accepted)
         self._sums[-1] += 1.0 - accepted
+
+    def _batch_sums(self, x: Tensor, h: Tensor, v: Tensor, out: Tensor, overwrite: bool) -> None:
+        """One batch's sums into ``out``: exact, or position-sampled for conv→conv pairs."""
+        layout = self._layout
+        if self.positions is None or layout.geometry.kind != "conv":
+            batch_sums(self.pair, layout, x, h, v, self.chunk_elements, out, overwrite)
+            return
+        if overwrite:
+            out.zero_()
+        index = self._conv_index
+        sizes = ((x.shape[-2], x.shape[-1]), (h.shape[-2], h.shape[-1]))
+        if index is None or (index.input_size, index.hidden_size) != sizes:
+            first, second = self.pair.first, self.pair.second
+            output_size = (v.shape[-2], v.shape[-1])
+            index = conv_index(first, second, *sizes, output_size, device=x.device)  # type: ignore[arg-type]
+            self._conv_index = index
+        sampled_conv_sums(
+            index,
+            layout.split(out),
+            x,
+            h,
+            v,
+            positions=self.positions,
+            first_bias=layout.geometry.first_bias,
+            second_bias=layout.geometry.second_bias,
+            generator=self._generator,
+        )
 
     # ------------------------------------------------------------------ helpers
     def _device(self) -> torch.device:
