@@ -10,10 +10,12 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import nn
 
 from lightning_grow._arguments import check_arguments
+from lightning_grow._budget_keeper import BudgetKeeper
 from lightning_grow._discovery import PairSpec, discover_pairs
 from lightning_grow._lightning import (
     LossFn,
@@ -26,6 +28,7 @@ from lightning_grow._lightning import (
     rewrap_ddp,
     settle_gloo_at_exit,
 )
+from lightning_grow.budget import StatisticsPlan
 from lightning_grow.checkpoint import enable_resize_on_load
 from lightning_grow.events import GrowthEvent
 from lightning_grow.logging import GrowthReporter
@@ -38,7 +41,7 @@ from lightning_grow.planner import (
     to_payload,
 )
 from lightning_grow.policy import GrowthSchedule, Phase
-from lightning_grow.statistics import PairStatistics, reduce_statistics
+from lightning_grow.statistics import LazyMoments, PairStatistics, reduce_statistics
 from lightning_grow.surgery import NewNeurons, count_parameters, grow_pair
 from lightning_grow.topology import (
     GrowablePair,
@@ -76,8 +79,22 @@ class GrowthCallback(Callback):
     warmup_steps
         Optimizer steps before the first statistics window.
     statistics_samples
-        Samples per statistics window. ``None``: ``max(512, 2 × the largest moment dimension)``
-        of the pairs, so bigger layers get more samples.
+        Samples per statistics window and pair (output positions, for a conv→conv pair).
+        ``None``: ``max(512, 2 × the pair's largest moment dimension)``, so bigger layers get
+        more samples.
+    compute_budget
+        Share of the training time that growth (statistics, solves, amplitude search, surgery)
+        may add: the default 0.1 keeps a step within 1.1× its time without growth. Half of it
+        goes to statistics: when gathering every sample would cost more, the callback draws a
+        random subset of images and, for convolutions, of output positions (an unbiased
+        estimate), spreads a window over more steps, and serves the pairs in turn when all at
+        once would make windows too long. Decisions are paced to the other half. The budget is
+        measured on the first batches (step time, matrix throughput) and printed with the plan.
+        ``None``: every sample of every step, every pair at once, no pacing.
+    memory_budget
+        Bytes one pair's decision may use (its statistics buffers plus the float64 solve; see
+        the plan table). Pairs above it are left out with a warning and the rest grow.
+        ``"auto"``: an eighth of the device's memory (of the RAM on a CPU). ``None``: no limit.
     held_samples
         Training samples held out (after each window) for the amplitude search. Batches of
         tensors are concatenated so that each trial is one ``training_step`` call.
@@ -141,6 +158,8 @@ class GrowthCallback(Callback):
         method: Literal["tiny", "gradmax", "random"] = "tiny",
         warmup_steps: int = 0,
         statistics_samples: int | None = None,
+        compute_budget: float | None = 0.1,
+        memory_budget: int | Literal["auto"] | None = "auto",
         held_samples: int = 256,
         cooldown_steps: int = 0,
         max_window_extensions: int = 15,
@@ -185,6 +204,12 @@ class GrowthCallback(Callback):
             solver_options={"significance_margin": significance_margin},
         )
         self.reporter = GrowthReporter(verbose=verbose, wandb_tables=wandb_tables)
+        self.verbose = verbose
+        self.budget = BudgetKeeper(compute_budget, memory_budget)
+        self.plan: StatisticsPlan | None = None
+        self._growing: list[GrowablePair] = []
+        self._group = 0
+        self._accumulate = 1
 
         self.pairs: list[GrowablePair] = []
         self.network: nn.Module | None = None
@@ -214,8 +239,16 @@ class GrowthCallback(Callback):
             self.initial_widths = {pair.name: pair.width for pair in self.pairs}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._statistics = {pair.name: self._new_statistics(pair) for pair in self.pairs}
-        self._extensions = dict.fromkeys(self._statistics, 0)
+        device = self.pairs[0].first.weight.device
+        self._growing = self.budget.admit(self.pairs, device, warn=trainer.is_global_zero)
+        if not self._growing and trainer.is_global_zero:
+            rank_zero_warn("GrowthCallback: no pair fits the memory budget; nothing will grow.")
+        self._statistics = {}
+        self._extensions = {pair.name: 0 for pair in self._growing}
+        self.schedule = None
+        if self._pending_state is None:
+            self.plan = None
+        self.budget.start(self._growing)
         self.reporter.on_fit_start(trainer, self.widths, self.total_parameters, self.history)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -237,11 +270,19 @@ class GrowthCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self.schedule is None:
+            if self._pending_state is not None and "plan" in self._pending_state:
+                self.plan = StatisticsPlan.from_dict(self._pending_state["plan"])
+                self.budget.load_state_dict(self._pending_state["budget"])
+            if self.budget.calibrating:
+                self.budget.observe_batch_start()
+            if self.budget.calibrating or not self._growing:
+                return
             self.schedule = self._build_schedule(trainer, batch)
         phase = self.schedule.advance(trainer.global_step)
         if phase is Phase.COLLECT:
             scale = gradient_scale(trainer)
-            for statistics in self._statistics.values():
+            for name in self._serving():
+                statistics = self._statistics[name]
                 statistics.gradient_scale = scale
                 if not statistics.is_open:
                     statistics.open()
@@ -270,7 +311,7 @@ class GrowthCallback(Callback):
     def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.schedule is not None
         started = time.perf_counter()
-        statistics = [self._statistics[pair.name] for pair in self.pairs]
+        statistics = [self._statistics[name] for name in self._serving()]
         if trainer.world_size > 1:
             reduce_statistics(statistics, lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
         hook_seconds = 0.0
@@ -306,10 +347,12 @@ class GrowthCallback(Callback):
         self.history.extend(events)
         extending = self._next_windows(trainer, geometries, events)
         self._held = []
+        self._next_group()
         self.schedule.decided(
             trainer.global_step,
             any_significant=payload["any_significant"],
             count_idle=not extending,
+            wait=payload["wait"],
         )
         self.reporter.on_decision(trainer, events, self.widths, self.total_parameters)
 
@@ -324,14 +367,17 @@ class GrowthCallback(Callback):
         or whose neighbour's growth changed its shapes, starts afresh.
         """
         accepted = {event.pair for event in events if event.accepted}
+        decided = {event.pair for event in events}
         extending = False
-        for pair in self.pairs:
+        for pair in self._growing:
             name = pair.name
             statistics = self._statistics[name]
             if pair.geometry() != geometries[name]:
                 statistics.remove()
                 self._statistics[name] = self._new_statistics(pair)
                 self._extensions[name] = 0
+            elif name not in decided:
+                continue  # another group's window: untouched until its turn
             elif name not in accepted and self._extensions[name] < self.max_window_extensions:
                 self._extensions[name] += 1
                 extending = True
@@ -350,7 +396,8 @@ class GrowthCallback(Callback):
         assert self.schedule is not None
         # A window whose batches all had non-finite gradients (e.g. early fp16 AMP steps) has no
         # samples: such pairs sit this decision out.
-        moments = {name: s.moments() for name, s in self._statistics.items() if s.num_samples}
+        serving = self._serving()
+        moments = LazyMoments({name: self._statistics[name] for name in serving})
         loss_fn = self.loss_fn or default_loss
         held = merge_batches(self._held)
 
@@ -364,7 +411,7 @@ class GrowthCallback(Callback):
 
         with quiet_evaluation(pl_module):
             planned, events, any_significant = plan_growth(
-                self.pairs,
+                [pair for pair in self._growing if pair.name in serving],
                 moments,
                 evaluate,
                 self.config,
@@ -374,10 +421,15 @@ class GrowthCallback(Callback):
                 decision_index=self.schedule.decisions,
                 statistics_seconds=statistics_seconds,
             )
+        # Only the solve is paced: it grows with d³ and dominates wide layers, while the search
+        # costs a few forward passes and pacing it would only slow small networks' growth.
+        solve_seconds = sum(event.timings["solve"] for event in events)
+        steps = self.budget.step_seconds * trainer.accumulate_grad_batches
         return {
             "growth": [to_payload(item) for item in planned],
             "events": [event.to_dict() for event in events],
             "any_significant": any_significant,
+            "wait": self.budget.pacing_wait(solve_seconds, steps),
         }
 
     def _apply(self, trainer: pl.Trainer, growth: list[tuple[str, dict[str, Any]]]) -> set[str]:
@@ -409,7 +461,27 @@ class GrowthCallback(Callback):
         return count_parameters(self.network)
 
     def _new_statistics(self, pair: GrowablePair) -> PairStatistics:
-        return PairStatistics(pair, loss_reduction=self.loss_reduction)
+        sampling = self.plan.sampling[pair.name] if self.plan is not None else None
+        return PairStatistics(
+            pair,
+            loss_reduction=self.loss_reduction,
+            images_per_batch=sampling.images_per_batch if sampling else None,
+            positions=sampling.positions if sampling else None,
+            seed=self.config.seed + 7919 * len(self.history) + hash(pair.name) % 7919,
+        )
+
+    def _serving(self) -> list[str]:
+        """Names of the pairs whose statistics window is the current one."""
+        if self.plan is None:
+            return []
+        return self.plan.groups[self._group % len(self.plan.groups)]
+
+    def _next_group(self) -> None:
+        """Serve the next group of pairs; its window has its own length."""
+        assert self.plan is not None and self.schedule is not None
+        self._group = (self._group + 1) % len(self.plan.groups)
+        steps = self.plan.window_steps[self._group]
+        self.schedule.window_steps = max(1, math.ceil(steps / self._accumulate))
 
     def _close_statistics(self) -> None:
         for statistics in self._statistics.values():
@@ -425,18 +497,35 @@ class GrowthCallback(Callback):
         # The batch size of rank 0 sets the window length so all ranks agree on the schedule.
         local_batch = extract_batch_size(batch)
         batch_size = int(trainer.strategy.broadcast(local_batch, src=0))
-        per_step = batch_size * trainer.accumulate_grad_batches
-        window_samples = self.statistics_samples or max(
-            [512] + [2 * moment_dimension(pair) for pair in self.pairs]
+        accumulate = self._accumulate = trainer.accumulate_grad_batches
+        stop_step = self._stop_step(trainer)
+        plan = self.plan
+        if trainer.is_global_zero and plan is None:
+            growth_steps = None if stop_step is None else stop_step - trainer.global_step
+            plan = self.budget.plan(
+                self._growing,
+                lambda pair: self.statistics_samples or max(512, 2 * moment_dimension(pair)),
+                batch_size=batch_size,
+                world_size=trainer.world_size,
+                # Every group should get several turns before growth stops.
+                max_window_steps=None if not growth_steps else max(1, growth_steps // 8),
+                device=self._growing[0].first.weight.device,
+            )
+            if self.verbose:
+                rank_zero_info(self.budget.describe(plan))
+        self.plan = StatisticsPlan.from_dict(
+            trainer.strategy.broadcast(plan.to_dict() if plan else None, src=0)
         )
-        window_steps = math.ceil(window_samples / (per_step * trainer.world_size))
-        hold_steps = math.ceil(self.held_samples / per_step)
+        self._group %= len(self.plan.groups)
+        self._statistics = {pair.name: self._new_statistics(pair) for pair in self._growing}
+        window_steps = math.ceil(self.plan.window_steps[self._group] / accumulate)
+        hold_steps = math.ceil(self.held_samples / (batch_size * accumulate))
         schedule = GrowthSchedule(
             warmup_steps=self.warmup_steps,
             window_steps=max(window_steps, 1),
             hold_steps=max(hold_steps, 1),
             cooldown_steps=self.cooldown_steps,
-            stop_step=self._stop_step(trainer),
+            stop_step=stop_step,
             patience=self.patience,
         )
         if self._pending_state is not None:
@@ -473,6 +562,10 @@ class GrowthCallback(Callback):
             }
             state["held"] = [move_data_to_device(batch, "cpu") for batch in self._held]
             state["extensions"] = dict(self._extensions)
+            state["group"] = self._group
+            if self.plan is not None:
+                state["plan"] = self.plan.to_dict()
+                state["budget"] = self.budget.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -488,6 +581,7 @@ class GrowthCallback(Callback):
     ) -> None:
         schedule.load_state_dict(state["schedule"])
         self._extensions.update(state.get("extensions", {}))
+        self._group = int(state.get("group", 0)) % len(self.plan.groups) if self.plan else 0
         # Saved sums are rank 0's (global after a reduction): the other ranks start empty so the
         # next reduction counts every sample once.
         for name, sums in state.get("statistics", {}).items() if is_global_zero else ():

@@ -7,6 +7,7 @@ held-out batches comes in as a closure.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -154,19 +155,31 @@ def plan_growth(
     per_event = {name: config.max_neurons_per_event or max(1, widths[name]) for name in widths}
 
     started = time.perf_counter()
-    candidates = {
-        pair.name: compute_candidates(
-            moments[pair.name],
-            pair.geometry(),
-            method=config.method,
-            max_neurons=per_event[pair.name],
-            activation_slope=pair.activation_slope,
-            seed=config.seed + 7919 * decision_index + index,
-            **config.solver_options,
-        )
-        for index, pair in enumerate(pairs)
-        if pair.name in moments
-    }
+    candidates: dict[str, GrowthCandidates] = {}
+    failed: dict[str, str] = {}
+    for index, pair in enumerate(pairs):
+        if pair.name not in moments:
+            continue
+        try:
+            candidates[pair.name] = compute_candidates(
+                moments[pair.name],
+                pair.geometry(),
+                method=config.method,
+                max_neurons=per_event[pair.name],
+                activation_slope=pair.activation_slope,
+                seed=config.seed + 7919 * decision_index + index,
+                **config.solver_options,
+            )
+        except (RuntimeError, ValueError, ArithmeticError) as error:
+            # A decision must never end a run: an ill-conditioned or non-finite moment (e.g. a
+            # 1×1 map with mostly zero rows, an eigensolver that does not converge) skips this
+            # pair for this decision; its statistics restart and the other pairs grow.
+            failed[pair.name] = f"{type(error).__name__}: {error}"
+            warnings.warn(
+                f"GrowthCallback: the solve of pair {pair.name} failed and the pair is skipped "
+                f"at this decision ({failed[pair.name]})",
+                stacklevel=2,
+            )
     decisions = select_growth(
         candidates,
         {name: widths[name] for name in candidates},
@@ -204,7 +217,11 @@ def plan_growth(
 
     planned: list[PlannedGrowth] = []
     # Pairs whose window had no finite sample (e.g. early fp16 AMP steps) sit this decision out.
-    events = [event(pair.name, "no samples") for pair in pairs if pair.name not in candidates]
+    events = [
+        event(pair.name, "solve failed" if pair.name in failed else "no samples")
+        for pair in pairs
+        if pair.name not in candidates
+    ]
     added_parameters = 0
     for name, decision in decisions.items():
         pair, candidate = by_name[name], candidates[name]

@@ -101,11 +101,14 @@ class GrowthSchedule:
         """Whether the held-out batches are complete after the optimizer step ``step``."""
         return self.phase is Phase.HOLD and step - self.phase_start >= self.hold_steps
 
-    def decided(self, step: int, *, any_significant: bool, count_idle: bool = True) -> None:
+    def decided(
+        self, step: int, *, any_significant: bool, count_idle: bool = True, wait: int = 0
+    ) -> None:
         """Record a decision taken after optimizer step ``step``.
 
         ``count_idle=False`` (a statistics window is being extended) keeps an insignificant
-        decision from counting toward ``patience``: only exhausted windows do.
+        decision from counting toward ``patience``: only exhausted windows do. ``wait``: steps
+        to wait at least before the next window (the compute budget's pacing).
         """
         self.decisions += 1
         if any_significant:
@@ -117,12 +120,12 @@ class GrowthSchedule:
             # Pause as long as the search has gone without finding anything: a network stuck
             # short of its task gets looked at again, an idle one costs ever less.
             self.idle_decisions = 0
-            self.wait_steps = max(step - self.active_step, self.cooldown_steps)
+            self.wait_steps = max(step - self.active_step, self.cooldown_steps, wait)
             self._enter(Phase.COOLDOWN, step)
-        elif self.cooldown_steps == 0:
+        elif max(self.cooldown_steps, wait) == 0:
             self._enter(Phase.COLLECT, step)
         else:
-            self.wait_steps = self.cooldown_steps
+            self.wait_steps = max(self.cooldown_steps, wait)
             self._enter(Phase.COOLDOWN, step)
 
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -25,7 +25,7 @@ from lightning_grow._sampled_sums import ConvIndex, conv_index, sampled_conv_sum
 from lightning_grow.moments import PairMoments
 from lightning_grow.topology import GrowablePair, GrowthConfigurationError, layer_problem
 
-__all__ = ["PairStatistics", "reduce_statistics"]
+__all__ = ["LazyMoments", "PairStatistics", "reduce_statistics"]
 
 LossReduction = Literal["mean", "sum"]
 
@@ -394,3 +394,23 @@ def reduce_statistics(
         raise ValueError(f"reduce_fn returned shape {tuple(reduced.shape)}, expected ({total},)")
     for statistics, part in zip(stats, torch.split(reduced, [f.numel() for f in flats])):
         statistics.load_flat_sums(part)
+
+
+class LazyMoments(Mapping[str, PairMoments]):
+    """The moments of several pairs, computed one pair at a time when asked for.
+
+    A decision then holds one pair's moments (the largest temporaries of a solve) at a time
+    instead of every pair's at once. Pairs without samples are absent.
+    """
+
+    def __init__(self, statistics: Mapping[str, PairStatistics]) -> None:
+        self._statistics = {name: s for name, s in statistics.items() if s.num_samples}
+
+    def __getitem__(self, name: str) -> PairMoments:
+        return self._statistics[name].moments()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._statistics)
+
+    def __len__(self) -> int:
+        return len(self._statistics)

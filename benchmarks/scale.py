@@ -1,0 +1,160 @@
+"""Growth at scale: the CIFAR ResNet-18 (1/64 interiors) and the full-width torchvision ResNet-18.
+
+``python -m benchmarks.scale [--steps N] [--batch B] [--full-steps N]`` trains each network on a
+learnable synthetic CIFAR-shaped task twice in one process, without and with
+``GrowthCallback()`` (defaults), and prints, side by side: median time per step, the ratio,
+the callback's own phases, the statistics plan, peak RSS, and the widths reached.
+
+The task: smooth random images (low-frequency noise, so convolutions have structure to find)
+labelled by a fixed random teacher CNN (argmax of its logits): learnable, offline, and wide
+enough that a 1/64 network is an expressivity bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_grow import GrowthCallback
+from lightning_grow.models import ClassifierModule
+from lightning_grow.models.builders import CifarResNet18
+
+RESULTS = Path(__file__).with_name("scale_results.json")
+
+
+def synthetic_cifar(samples: int, seed: int = 0, classes: int = 10) -> TensorDataset:
+    """Smooth random 32×32 images labelled by a fixed random teacher CNN."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(samples, 3, 8, 8, generator=generator)
+    images = F.interpolate(coarse, size=32, mode="bilinear", align_corners=False)
+    images = images + 0.1 * torch.randn(samples, 3, 32, 32, generator=generator)
+    teacher = nn.Sequential(
+        nn.Conv2d(3, 32, 5, padding=2),
+        nn.Tanh(),
+        nn.AvgPool2d(4),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128, classes),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        for module in teacher.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(module.weight, std=1.5 / module.weight[0].numel() ** 0.5)
+        with torch.no_grad():
+            logits = torch.cat([teacher(chunk) for chunk in images.split(1024)])
+    return TensorDataset(images, logits.argmax(dim=1))
+
+
+class StepTimer(Callback):
+    """Wall time of every training batch (from its start to the next batch's start)."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.starts.append(time.perf_counter())
+
+    @property
+    def intervals(self) -> list[float]:
+        return [b - a for a, b in zip(self.starts, self.starts[1:])]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(network: nn.Module, data: TensorDataset, steps: int, batch: int, grow: bool) -> dict:
+    pl.seed_everything(0, verbose=False)
+    model = ClassifierModule(
+        network,
+        num_classes=10,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    )
+    timer = StepTimer()
+    callbacks: list[Callback] = [timer]
+    growth = GrowthCallback(verbose=True) if grow else None
+    if growth is not None:
+        callbacks.append(growth)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
+    )
+    loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
+    started = time.perf_counter()
+    trainer.fit(model, loader)
+    elapsed = time.perf_counter() - started
+    intervals = timer.intervals[1:]  # the first step carries one-off warm-up
+    result: dict[str, Any] = {
+        "median_step_s": statistics.median(intervals),
+        "mean_step_s": statistics.fmean(intervals),
+        "fit_s": elapsed,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if growth is not None:
+        result["timings"] = dict(growth.timings)
+        result["widths"] = growth.widths
+        result["decisions"] = growth.schedule.decisions if growth.schedule else 0
+        result["accepted"] = sum(event.accepted for event in growth.history)
+        result["plan"] = growth.budget.describe(growth.plan) if growth.plan else ""
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=160)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=8192)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = synthetic_cifar(args.samples)
+    results: dict[str, Any] = {"args": vars(args)}
+    for grow in (False, True):
+        key = "grown" if grow else "plain"
+        results[key] = run(CifarResNet18(1 / 64), data, args.steps, args.batch, grow)
+        print(key, json.dumps({k: v for k, v in results[key].items() if k != "plan"}), flush=True)
+    plain, grown = results["plain"], results["grown"]
+    results["median_step_ratio"] = grown["median_step_s"] / plain["median_step_s"]
+    results["mean_step_ratio"] = grown["mean_step_s"] / plain["mean_step_s"]
+    phases = sum(grown["timings"].values())
+    results["callback_share"] = phases / grown["fit_s"]
+    print(grown["plan"])
+    print(
+        f"ResNet-18 1/64, batch {args.batch}, {args.steps} steps, {args.threads} threads: "
+        f"median step {plain['median_step_s']:.3f} s without, {grown['median_step_s']:.3f} s "
+        f"with GrowthCallback() (x{results['median_step_ratio']:.3f}); mean x"
+        f"{results['mean_step_ratio']:.3f}; callback phases {results['callback_share']:.1%} "
+        f"of the fit; {grown['decisions']} decisions, {grown['accepted']} accepted; widths "
+        f"{grown['widths']}"
+    )
+    RESULTS.write_text(json.dumps(results, indent=1, default=str))
+    return results
+
+
+if __name__ == "__main__":
+    main()
