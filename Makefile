@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench bench-scale gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ lint format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gromo==0.1.0
 	$(PY) -m benchmarks
+
+bench-scale: $(STAMP)
+	$(PY) -m benchmarks.scale
+
+# On a GPU machine (< 8 min): moments vs float64, bf16, two decisions on the 1/64 ResNet-18.
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) .cache lightning_logs

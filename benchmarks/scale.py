@@ -34,12 +34,14 @@ from lightning_grow.models.builders import CifarResNet18
 RESULTS = Path(__file__).with_name("scale_results.json")
 
 
-def synthetic_cifar(samples: int, seed: int = 0, classes: int = 10) -> TensorDataset:
-    """Smooth random 32×32 images labelled by a fixed random teacher CNN."""
+def synthetic_cifar(
+    samples: int, seed: int = 0, classes: int = 10, size: int = 32
+) -> TensorDataset:
+    """Smooth random ``size``×``size`` images labelled by a fixed random teacher CNN."""
     generator = torch.Generator().manual_seed(seed)
-    coarse = torch.randn(samples, 3, 8, 8, generator=generator)
-    images = F.interpolate(coarse, size=32, mode="bilinear", align_corners=False)
-    images = images + 0.1 * torch.randn(samples, 3, 32, 32, generator=generator)
+    coarse = torch.randn(samples, 3, size // 4, size // 4, generator=generator)
+    images = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+    images = images + 0.1 * torch.randn(samples, 3, size, size, generator=generator)
     teacher = nn.Sequential(
         nn.Conv2d(3, 32, 5, padding=2),
         nn.Tanh(),
