@@ -10,12 +10,13 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import nn
 
 from lightning_grow._arguments import check_arguments
 from lightning_grow._budget_keeper import BudgetKeeper
+from lightning_grow._callback_state import GrowthStateMixin
 from lightning_grow._discovery import PairSpec, discover_pairs
 from lightning_grow._lightning import (
     LossFn,
@@ -35,7 +36,6 @@ from lightning_grow.logging import GrowthReporter
 from lightning_grow.planner import (
     GrowthConfig,
     fit_to_current_shapes,
-    moment_dimension,
     pair_parameters,
     plan_growth,
     to_payload,
@@ -50,7 +50,7 @@ from lightning_grow.topology import (
 __all__ = ["GrowthCallback"]
 
 
-class GrowthCallback(Callback):
+class GrowthCallback(GrowthStateMixin, Callback):
     """Grow a plain ``torch.nn`` network while it trains, with TINY's optimal new neurons.
 
     During ordinary training steps the callback gathers, for every growable layer pair, the
@@ -492,101 +492,3 @@ class GrowthCallback(Callback):
         for statistics in self._statistics.values():
             statistics.remove()
         self._statistics = {}
-
-    def _build_schedule(self, trainer: pl.Trainer, batch: Any) -> GrowthSchedule:
-        # The batch size of rank 0 sets the window length so all ranks agree on the schedule.
-        local_batch = extract_batch_size(batch)
-        batch_size = int(trainer.strategy.broadcast(local_batch, src=0))
-        accumulate = self._accumulate = trainer.accumulate_grad_batches
-        stop_step = self._stop_step(trainer)
-        plan = self.plan
-        if trainer.is_global_zero and plan is None:
-            growth_steps = None if stop_step is None else stop_step - trainer.global_step
-            plan = self.budget.plan(
-                self._growing,
-                lambda pair: self.statistics_samples or max(512, 2 * moment_dimension(pair)),
-                batch_size=batch_size,
-                world_size=trainer.world_size,
-                # Every group should get several turns before growth stops.
-                max_window_steps=None if not growth_steps else max(1, growth_steps // 8),
-                device=self._growing[0].first.weight.device,
-            )
-            if self.verbose:
-                rank_zero_info(self.budget.describe(plan))
-        self.plan = StatisticsPlan.from_dict(
-            trainer.strategy.broadcast(plan.to_dict() if plan else None, src=0)
-        )
-        self._group %= len(self.plan.groups)
-        self._statistics = {pair.name: self._new_statistics(pair) for pair in self._growing}
-        window_steps = math.ceil(self.plan.window_steps[self._group] / accumulate)
-        hold_steps = math.ceil(self.held_samples / (batch_size * accumulate))
-        schedule = GrowthSchedule(
-            warmup_steps=self.warmup_steps,
-            window_steps=max(window_steps, 1),
-            hold_steps=max(hold_steps, 1),
-            cooldown_steps=self.cooldown_steps,
-            stop_step=stop_step,
-            patience=self.patience,
-        )
-        if self._pending_state is not None:
-            self._restore_in_flight(schedule, self._pending_state, trainer.is_global_zero)
-            self._pending_state = None
-        return schedule
-
-    def _stop_step(self, trainer: pl.Trainer) -> int | None:
-        stops: list[int] = []
-        if self.stop_step is not None:
-            stops.append(self.stop_step)
-        total = trainer.estimated_stepping_batches
-        if self.stop_fraction is not None and math.isfinite(total):
-            stops.append(int(self.stop_fraction * total))
-        if self.stop_epoch is not None:
-            batches = trainer.num_training_batches
-            if math.isfinite(batches):
-                steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
-                stops.append(int(self.stop_epoch * steps_per_epoch))
-        return min(stops) if stops else None
-
-    # ------------------------------------------------------------------ checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "history": [event.to_dict() for event in self.history],
-            "initial_widths": dict(self.initial_widths),
-            "timings": dict(self.timings),
-        }
-        if self.schedule is not None:
-            state["schedule"] = self.schedule.state_dict()
-            # An interrupted window resumes where it was (rank 0's partial sums under DDP).
-            state["statistics"] = {
-                name: s.flat_sums().cpu() for name, s in self._statistics.items() if s.num_samples
-            }
-            state["held"] = [move_data_to_device(batch, "cpu") for batch in self._held]
-            state["extensions"] = dict(self._extensions)
-            state["group"] = self._group
-            if self.plan is not None:
-                state["plan"] = self.plan.to_dict()
-                state["budget"] = self.budget.state_dict()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [GrowthEvent.from_dict(record) for record in state_dict["history"]]
-        self.initial_widths = dict(state_dict["initial_widths"])
-        self.timings.update(state_dict.get("timings", {}))
-        if "schedule" in state_dict:
-            self._pending_state = state_dict
-            self.schedule = None
-
-    def _restore_in_flight(
-        self, schedule: GrowthSchedule, state: dict[str, Any], is_global_zero: bool
-    ) -> None:
-        schedule.load_state_dict(state["schedule"])
-        self._extensions.update(state.get("extensions", {}))
-        self._group = int(state.get("group", 0)) % len(self.plan.groups) if self.plan else 0
-        # Saved sums are rank 0's (global after a reduction): the other ranks start empty so the
-        # next reduction counts every sample once.
-        for name, sums in state.get("statistics", {}).items() if is_global_zero else ():
-            if name in self._statistics:
-                device = next(iter(self._statistics[name].pair.first.parameters())).device
-                self._statistics[name].load_flat_sums(sums.to(device))
-        device = self.pairs[0].first.weight.device if self.pairs else "cpu"
-        self._held = [move_data_to_device(batch, device) for batch in state.get("held", [])]
