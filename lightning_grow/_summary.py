@@ -256,10 +256,11 @@ def fit_summary(
         }
     summary.files.update(_logger_files(trainer))
     for callback in trainer.checkpoint_callbacks:
-        for label, attribute in (("checkpoint", "last_model_path"), ("best", "best_model_path")):
-            path = getattr(callback, attribute, "")
-            if path and label not in summary.files:
-                summary.files[label] = str(path)
+        # last.ckpt when saved, else the checkpoint ModelCheckpoint kept (the latest one when
+        # it monitors nothing).
+        path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        if path:
+            summary.files.setdefault("checkpoint", str(path))
     return summary
 
 
@@ -285,7 +286,9 @@ def format_value(value: float) -> str:
 
 
 def format_seconds(value: float) -> str:
-    """``12.3 s``, ``4m05s`` or ``1h02m03s``."""
+    """``1.23 s``, ``12.3 s``, ``4m05s`` or ``1h02m03s``."""
+    if value < 10:
+        return f"{value:.2f} s"
     if value < 60:
         return f"{value:.1f} s"
     minutes, seconds = divmod(round(value), 60)
