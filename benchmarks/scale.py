@@ -1,9 +1,11 @@
 """Growth at scale: the CIFAR ResNet-18 (1/64 interiors) and the full-width torchvision ResNet-18.
 
-``python -m benchmarks.scale [--steps N] [--batch B] [--full-steps N]`` trains each network on a
-learnable synthetic CIFAR-shaped task twice in one process, without and with
-``GrowthCallback()`` (defaults), and prints, side by side: median time per step, the ratio,
-the callback's own phases, the statistics plan, peak RSS, and the widths reached.
+``python -m benchmarks.scale [--models resnet18_1_64,resnet18_full] [--steps N] [--batch B]``
+trains each network on a learnable synthetic CIFAR-shaped task twice, without and with
+``GrowthCallback()`` (defaults), each run in its own process (so peak RSS is its own), and
+prints side by side: median and mean time per step and their ratios, the callback's own
+phases, the statistics plan, peak RSS, and the widths reached. Results accumulate in
+``benchmarks/scale_results.json``.
 
 The task: smooth random images (low-frequency noise, so convolutions have structure to find)
 labelled by a fixed random teacher CNN (argmax of its logits): learnable, offline, and wide
@@ -16,6 +18,8 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+import torchvision
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -126,34 +131,76 @@ def run(network: nn.Module, data: TensorDataset, steps: int, batch: int, grow: b
     return result
 
 
+MODELS = {
+    "resnet18_1_64": lambda: CifarResNet18(1 / 64),
+    "resnet18_full": lambda: torchvision.models.resnet18(num_classes=10),
+}
+
+
+def _one(model: str, grow: bool, args: argparse.Namespace) -> dict:
+    """One run in its own process, so that its peak RSS is its own."""
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.scale",
+        "--one",
+        f"{model}:{int(grow)}",
+        *("--steps", str(args.steps), "--batch", str(args.batch)),
+        *("--threads", str(args.threads), "--samples", str(args.samples)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{model} grow={grow} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=160)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--samples", type=int, default=8192)
+    parser.add_argument(
+        "--models", default="resnet18_1_64", help="comma-separated: " + ", ".join(MODELS)
+    )
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = synthetic_cifar(args.samples)
-    results: dict[str, Any] = {"args": vars(args)}
-    for grow in (False, True):
-        key = "grown" if grow else "plain"
-        results[key] = run(CifarResNet18(1 / 64), data, args.steps, args.batch, grow)
-        print(key, json.dumps({k: v for k, v in results[key].items() if k != "plan"}), flush=True)
-    plain, grown = results["plain"], results["grown"]
-    results["median_step_ratio"] = grown["median_step_s"] / plain["median_step_s"]
-    results["mean_step_ratio"] = grown["mean_step_s"] / plain["mean_step_s"]
-    phases = sum(grown["timings"].values())
-    results["callback_share"] = phases / grown["fit_s"]
-    print(grown["plan"])
-    print(
-        f"ResNet-18 1/64, batch {args.batch}, {args.steps} steps, {args.threads} threads: "
-        f"median step {plain['median_step_s']:.3f} s without, {grown['median_step_s']:.3f} s "
-        f"with GrowthCallback() (x{results['median_step_ratio']:.3f}); mean x"
-        f"{results['mean_step_ratio']:.3f}; callback phases {results['callback_share']:.1%} "
-        f"of the fit; {grown['decisions']} decisions, {grown['accepted']} accepted; widths "
-        f"{grown['widths']}"
-    )
+    if args.one is not None:
+        model, grow = args.one.split(":")
+        data = synthetic_cifar(args.samples)
+        result = run(MODELS[model](), data, args.steps, args.batch, grow == "1")
+        print("RESULT " + json.dumps(result, default=str), flush=True)
+        return result
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for model in args.models.split(","):
+        entry: dict[str, Any] = {"args": vars(args)}
+        for grow in (False, True):
+            key = "grown" if grow else "plain"
+            entry[key] = _one(model, grow, args)
+            print(model, key, json.dumps({k: v for k, v in entry[key].items() if k != "plan"}))
+        plain, grown = entry["plain"], entry["grown"]
+        entry["median_step_ratio"] = grown["median_step_s"] / plain["median_step_s"]
+        entry["mean_step_ratio"] = grown["mean_step_s"] / plain["mean_step_s"]
+        entry["fit_ratio"] = grown["fit_s"] / plain["fit_s"]
+        entry["rss_ratio"] = grown["peak_rss_mb"] / plain["peak_rss_mb"]
+        entry["callback_share"] = sum(grown["timings"].values()) / grown["fit_s"]
+        print(grown["plan"])
+        print(
+            f"{model}, batch {args.batch}, {args.steps} steps, {args.threads} thread(s): median "
+            f"step {plain['median_step_s']:.3f} s without, {grown['median_step_s']:.3f} s with "
+            f"GrowthCallback() (x{entry['median_step_ratio']:.3f}); mean x"
+            f"{entry['mean_step_ratio']:.3f}; fit x{entry['fit_ratio']:.3f}; callback phases "
+            f"{entry['callback_share']:.1%} of the fit ({grown['timings']}); peak RSS "
+            f"{plain['peak_rss_mb']:.0f} -> {grown['peak_rss_mb']:.0f} MB "
+            f"(x{entry['rss_ratio']:.2f}); {grown['decisions']} decisions, {grown['accepted']} "
+            f"accepted; widths {list(grown['widths'].values())}",
+            flush=True,
+        )
+        results[model] = entry
     RESULTS.write_text(json.dumps(results, indent=1, default=str))
     return results
 

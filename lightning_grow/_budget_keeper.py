@@ -84,6 +84,9 @@ class BudgetKeeper:
         self._fit_started: float | None = None
         self._growth_seconds = 0.0
         self._restored = False
+        self.throughput = math.nan
+        self._costs: list[PairCost] = []
+        self._plan_options: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ admission
     def admit(
@@ -176,17 +179,56 @@ class BudgetKeeper:
             for pair in pairs
         ]
         budget = self.compute_budget
-        throughput = gemm_throughput(device) if budget is not None else 1.0
+        self.throughput = gemm_throughput(device) if budget is not None else 1.0
+        self._costs = costs
+        self._plan_options = {
+            "batch_size": batch_size,
+            "world_size": world_size,
+            "max_window_steps": max_window_steps,
+        }
+        return self._plan_now()
+
+    def _plan_now(self) -> StatisticsPlan:
+        budget = self.compute_budget
         # Half the budget for statistics; decisions are paced to the other half.
         return plan_statistics(
-            costs,
-            batch_size=batch_size,
-            world_size=world_size,
+            self._costs,
             step_seconds=self.step_seconds if budget is not None else 1.0,
-            flops_per_second=throughput,
+            flops_per_second=self.throughput,
             budget=None if budget is None else budget / 2,
-            max_window_steps=max_window_steps,
+            **self._plan_options,
         )
+
+    def recalibrate(
+        self, plan: StatisticsPlan, group: int, measured_seconds: float, device: torch.device
+    ) -> StatisticsPlan | None:
+        """A new plan when a window's statistics missed the budget by far, else ``None``.
+
+        The GEMM throughput of the cost model is a single product's; hooks, gathers and small
+        products make real windows slower (or larger products faster). When a subsampled
+        window's measured statistics time is over 1.5× its share of the step, or under 1/1.5 of
+        it, the throughput is corrected by the measured-to-planned ratio and the windows are
+        planned again. Only on the CPU: on accelerators the hooks time kernel launches.
+        """
+        if self.compute_budget is None or device.type != "cpu" or not self._costs:
+            return None
+        steps = plan.window_steps[group]
+        planned, measured = plan.seconds_per_step[group], measured_seconds / max(steps, 1)
+        allowed = self.compute_budget / 2 * self.step_seconds
+        if planned <= 0 or measured <= 0:
+            return None
+        subsampled = any(
+            plan.sampling[name].images_per_batch is not None
+            or plan.sampling[name].positions is not None
+            for name in plan.groups[group]
+        )
+        # A window that gathers everything is left alone: there the time is hook overhead per
+        # batch (small networks), which drawing fewer images would not reduce, only blind.
+        if not subsampled or allowed / 1.5 < measured < 1.5 * allowed:
+            return None
+        ratio = measured / planned
+        self.throughput /= ratio
+        return self._plan_now()
 
     def describe(self, plan: StatisticsPlan) -> str:
         """A table of the plan and the memory of every pair, for the console."""

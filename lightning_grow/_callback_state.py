@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 
 from lightning_grow.budget import StatisticsPlan
@@ -68,7 +68,30 @@ class GrowthStateMixin:
         if self._pending_state is not None:
             self._restore_in_flight(schedule, self._pending_state, trainer.is_global_zero)
             self._pending_state = None
+        elif trainer.is_global_zero and stop_step is not None:
+            _warn_if_undecidable(self.plan, stop_step - trainer.global_step, accumulate, hold_steps)
         return schedule
+
+    def _follow_plan(self: GrowthCallback, plan: StatisticsPlan) -> None:
+        """Adopt a recalibrated plan: open windows keep their sums (per-image averages)."""
+        self.plan = plan
+        for name, statistics in self._statistics.items():
+            sampling = plan.sampling[name]
+            statistics.images_per_batch = sampling.images_per_batch
+            statistics.positions = sampling.positions
+
+    def _serving(self: GrowthCallback) -> list[str]:
+        """Names of the pairs whose statistics window is the current one."""
+        if self.plan is None:
+            return []
+        return self.plan.groups[self._group % len(self.plan.groups)]
+
+    def _next_group(self: GrowthCallback) -> None:
+        """Serve the next group of pairs; its window has its own length."""
+        assert self.plan is not None and self.schedule is not None
+        self._group = (self._group + 1) % len(self.plan.groups)
+        steps = self.plan.window_steps[self._group]
+        self.schedule.window_steps = max(1, math.ceil(steps / self._accumulate))
 
     def _stop_step(self: GrowthCallback, trainer: pl.Trainer) -> int | None:
         stops: list[int] = []
@@ -127,3 +150,24 @@ class GrowthStateMixin:
                 self._statistics[name].load_flat_sums(sums.to(device))
         device = self.pairs[0].first.weight.device if self.pairs else "cpu"
         self._held = [move_data_to_device(batch, device) for batch in state.get("held", [])]
+
+
+def _warn_if_undecidable(
+    plan: StatisticsPlan, growth_steps: int, accumulate: int, hold_steps: int
+) -> None:
+    """Say on rank 0 which pairs cannot be decided before growth stops, with the numbers."""
+    elapsed, late = 0, []
+    for group, batches in zip(plan.groups, plan.window_steps):
+        elapsed += math.ceil(batches / accumulate) + hold_steps
+        if elapsed > growth_steps:
+            late.extend(group)
+    if not late:
+        return
+    first = math.ceil(plan.window_steps[0] / accumulate) + hold_steps
+    rank_zero_warn(
+        f"GrowthCallback: {len(late)} of {sum(map(len, plan.groups))} pairs cannot be decided "
+        f"before growth stops in {growth_steps} optimizer steps (the first window and its held "
+        f"batches need {first} steps; all windows in turn {elapsed}): "
+        f"{', '.join(late[:4])}{' …' if len(late) > 4 else ''}. Train longer or grow for "
+        "longer (stop_fraction), raise compute_budget, or lower statistics_samples."
+    )

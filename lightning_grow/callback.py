@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -325,6 +324,10 @@ class GrowthCallback(GrowthStateMixin, Callback):
         if trainer.is_global_zero:
             try:
                 payload = self._plan(trainer, pl_module, statistics_seconds)
+                replanned = self.budget.recalibrate(
+                    self.plan, self._group, hook_seconds, self._growing[0].first.weight.device
+                )
+                payload["plan"] = None if replanned is None else replanned.to_dict()
             except Exception as error:
                 # Every rank waits in the broadcast below: send the failure, raise everywhere.
                 payload, failure = {"error": f"{type(error).__name__}: {error}"}, error
@@ -347,6 +350,8 @@ class GrowthCallback(GrowthStateMixin, Callback):
         self.history.extend(events)
         extending = self._next_windows(trainer, geometries, events)
         self._held = []
+        if payload.get("plan") is not None:
+            self._follow_plan(StatisticsPlan.from_dict(payload["plan"]))
         self._next_group()
         self.schedule.decided(
             trainer.global_step,
@@ -469,19 +474,6 @@ class GrowthCallback(GrowthStateMixin, Callback):
             positions=sampling.positions if sampling else None,
             seed=self.config.seed + 7919 * len(self.history) + hash(pair.name) % 7919,
         )
-
-    def _serving(self) -> list[str]:
-        """Names of the pairs whose statistics window is the current one."""
-        if self.plan is None:
-            return []
-        return self.plan.groups[self._group % len(self.plan.groups)]
-
-    def _next_group(self) -> None:
-        """Serve the next group of pairs; its window has its own length."""
-        assert self.plan is not None and self.schedule is not None
-        self._group = (self._group + 1) % len(self.plan.groups)
-        steps = self.plan.window_steps[self._group]
-        self.schedule.window_steps = max(1, math.ceil(steps / self._accumulate))
 
     def _close_statistics(self) -> None:
         for statistics in self._statistics.values():

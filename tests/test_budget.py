@@ -266,3 +266,10 @@ def test_the_budget_is_honoured_on_a_conv_network() -> None:
         assert 0 < collected <= sampling.images_per_batch * window_steps
     conv_pairs = [name for name in seen if plan.sampling[name].positions is not None]
     assert conv_pairs, plan.sampling
+
+
+def test_pairs_that_cannot_be_decided_in_time_are_named() -> None:
+    callback = GrowthCallback(verbose=False, statistics_samples=4096, stop_fraction=0.5)
+    with pytest.warns(UserWarning, match=r"1 of 1 pairs cannot be decided before growth stops"):
+        _fit(callback, _Regression(), _loader(), 24)
+    assert callback.history == []
