@@ -72,6 +72,43 @@ class GrowthStateMixin:
             _warn_if_undecidable(self.plan, stop_step - trainer.global_step, accumulate, hold_steps)
         return schedule
 
+    def _next_windows(
+        self: GrowthCallback,
+        trainer: pl.Trainer,
+        geometries: dict[str, Any],
+        events: list[GrowthEvent],
+    ) -> bool:
+        """Start each pair's next statistics window; return whether any window is extended.
+
+        A pair that did not grow and whose shapes did not change keeps its statistics and adds
+        the next window's samples to them (up to ``max_window_extensions`` windows): "not
+        significant with n samples" calls for more samples, not for giving up. A pair that grew,
+        or whose neighbour's growth changed its shapes, starts afresh.
+        """
+        accepted = {event.pair for event in events if event.accepted}
+        decided = {event.pair for event in events}
+        extending = False
+        for pair in self._growing:
+            name = pair.name
+            statistics = self._statistics[name]
+            if pair.geometry() != geometries[name]:
+                statistics.remove()
+                self._statistics[name] = self._new_statistics(pair)
+                self._extensions[name] = 0
+            elif name not in decided:
+                continue  # another group's window: untouched until its turn
+            elif name not in accepted and self._extensions[name] < self.max_window_extensions:
+                self._extensions[name] += 1
+                extending = True
+                if not trainer.is_global_zero:
+                    # After the reduction every rank holds the global sums: only rank 0 keeps
+                    # them, so the next reduction counts every sample once.
+                    statistics.reset()
+            else:
+                statistics.reset()
+                self._extensions[name] = 0
+        return extending
+
     def _follow_plan(self: GrowthCallback, plan: StatisticsPlan) -> None:
         """Adopt a recalibrated plan: open windows keep their sums (per-image averages)."""
         self.plan = plan

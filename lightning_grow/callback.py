@@ -28,12 +28,14 @@ from lightning_grow._lightning import (
     rewrap_ddp,
     settle_gloo_at_exit,
 )
+from lightning_grow._spread import solve_spread
 from lightning_grow.budget import StatisticsPlan
 from lightning_grow.checkpoint import enable_resize_on_load
 from lightning_grow.events import GrowthEvent
 from lightning_grow.logging import GrowthReporter
 from lightning_grow.planner import (
     GrowthConfig,
+    Solved,
     fit_to_current_shapes,
     pair_parameters,
     plan_growth,
@@ -42,9 +44,7 @@ from lightning_grow.planner import (
 from lightning_grow.policy import GrowthSchedule, Phase
 from lightning_grow.statistics import LazyMoments, PairStatistics, reduce_statistics
 from lightning_grow.surgery import NewNeurons, count_parameters, grow_pair
-from lightning_grow.topology import (
-    GrowablePair,
-)
+from lightning_grow.topology import GrowablePair
 
 __all__ = ["GrowthCallback"]
 
@@ -148,6 +148,9 @@ class GrowthCallback(GrowthStateMixin, Callback):
     wandb_tables
         With a ``WandbLogger``: log a growth-events table and a width chart.
     """
+
+    #: Under DDP, spread each decision's solves over the ranks (one rank per pair, in turn).
+    spread_solves: bool = True
 
     def __init__(
         self,
@@ -321,9 +324,21 @@ class GrowthCallback(GrowthStateMixin, Callback):
 
         payload: dict[str, Any] | None = None
         failure: Exception | None = None
+        solved = None
+        if trainer.world_size > 1 and self.spread_solves:
+            serving = self._serving()
+            solved = solve_spread(
+                [pair for pair in self._growing if pair.name in serving],
+                LazyMoments({name: self._statistics[name] for name in serving}),
+                self.config,
+                decision_index=self.schedule.decisions,
+                rank=trainer.global_rank,
+                world_size=trainer.world_size,
+                broadcast=lambda obj, src: trainer.strategy.broadcast(obj, src=src),
+            )
         if trainer.is_global_zero:
             try:
-                payload = self._plan(trainer, pl_module, statistics_seconds)
+                payload = self._plan(trainer, pl_module, statistics_seconds, solved)
                 replanned = self.budget.recalibrate(
                     self.plan, self._group, hook_seconds, self._growing[0].first.weight.device
                 )
@@ -361,42 +376,12 @@ class GrowthCallback(GrowthStateMixin, Callback):
         )
         self.reporter.on_decision(trainer, events, self.widths, self.total_parameters)
 
-    def _next_windows(
-        self, trainer: pl.Trainer, geometries: dict[str, Any], events: list[GrowthEvent]
-    ) -> bool:
-        """Start each pair's next statistics window; return whether any window is extended.
-
-        A pair that did not grow and whose shapes did not change keeps its statistics and adds
-        the next window's samples to them (up to ``max_window_extensions`` windows): "not
-        significant with n samples" calls for more samples, not for giving up. A pair that grew,
-        or whose neighbour's growth changed its shapes, starts afresh.
-        """
-        accepted = {event.pair for event in events if event.accepted}
-        decided = {event.pair for event in events}
-        extending = False
-        for pair in self._growing:
-            name = pair.name
-            statistics = self._statistics[name]
-            if pair.geometry() != geometries[name]:
-                statistics.remove()
-                self._statistics[name] = self._new_statistics(pair)
-                self._extensions[name] = 0
-            elif name not in decided:
-                continue  # another group's window: untouched until its turn
-            elif name not in accepted and self._extensions[name] < self.max_window_extensions:
-                self._extensions[name] += 1
-                extending = True
-                if not trainer.is_global_zero:
-                    # After the reduction every rank holds the global sums: only rank 0 keeps
-                    # them, so the next reduction counts every sample once.
-                    statistics.reset()
-            else:
-                statistics.reset()
-                self._extensions[name] = 0
-        return extending
-
     def _plan(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, statistics_seconds: float
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        statistics_seconds: float,
+        solved: Solved | None,
     ) -> dict[str, Any]:
         assert self.schedule is not None
         # A window whose batches all had non-finite gradients (e.g. early fp16 AMP steps) has no
@@ -425,6 +410,7 @@ class GrowthCallback(GrowthStateMixin, Callback):
                 epoch=trainer.current_epoch,
                 decision_index=self.schedule.decisions,
                 statistics_seconds=statistics_seconds,
+                solved=solved,
             )
         # Only the solve is paced: it grows with d³ and dominates wide layers, while the search
         # costs a few forward passes and pacing it would only slow small networks' growth.

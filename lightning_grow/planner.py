@@ -23,7 +23,7 @@ from lightning_grow.surgery import NewNeurons
 from lightning_grow.tiny import GrowthCandidates, compute_candidates
 from lightning_grow.topology import GrowablePair
 
-__all__ = ["GrowthConfig", "PlannedGrowth", "parameters_per_neuron", "plan_growth"]
+__all__ = ["GrowthConfig", "PlannedGrowth", "parameters_per_neuron", "plan_growth", "solve_pairs"]
 
 Method = Literal["tiny", "gradmax", "random"]
 
@@ -127,6 +127,55 @@ def _prepare_function_preserving(
         neurons.second_weight = torch.zeros_like(neurons.second_weight)
 
 
+Solved = tuple[dict[str, GrowthCandidates], dict[str, str], float]
+
+
+def max_neurons_per_event(pair: GrowablePair, config: GrowthConfig) -> int:
+    """Candidates to compute for ``pair``: the per-event cap, or its width (at most doubling)."""
+    return config.max_neurons_per_event or max(1, pair.width)
+
+
+def solve_pairs(
+    pairs: list[GrowablePair],
+    moments: Mapping[str, PairMoments],
+    config: GrowthConfig,
+    *,
+    decision_index: int,
+    mine: Callable[[int], bool] = lambda index: True,
+) -> Solved:
+    """TINY's candidates for the pairs (those whose index ``mine`` accepts), one at a time.
+
+    Returns the candidates by pair name, the pairs whose solve failed (with the error) and the
+    seconds spent. A failing solve never raises: an ill-conditioned or non-finite moment (e.g.
+    a 1×1 map with mostly zero rows, an eigensolver that does not converge) skips that pair for
+    this decision with a warning; its statistics restart and the other pairs grow.
+    """
+    started = time.perf_counter()
+    candidates: dict[str, GrowthCandidates] = {}
+    failed: dict[str, str] = {}
+    for index, pair in enumerate(pairs):
+        if pair.name not in moments or not mine(index):
+            continue
+        try:
+            candidates[pair.name] = compute_candidates(
+                moments[pair.name],
+                pair.geometry(),
+                method=config.method,
+                max_neurons=max_neurons_per_event(pair, config),
+                activation_slope=pair.activation_slope,
+                seed=config.seed + 7919 * decision_index + index,
+                **config.solver_options,
+            )
+        except (RuntimeError, ValueError, ArithmeticError) as error:
+            failed[pair.name] = f"{type(error).__name__}: {error}"
+            warnings.warn(
+                f"GrowthCallback: the solve of pair {pair.name} failed and the pair is skipped "
+                f"at this decision ({failed[pair.name]})",
+                stacklevel=2,
+            )
+    return candidates, failed, time.perf_counter() - started
+
+
 def plan_growth(
     pairs: list[GrowablePair],
     moments: Mapping[str, PairMoments],
@@ -138,11 +187,13 @@ def plan_growth(
     epoch: int,
     decision_index: int,
     statistics_seconds: float = 0.0,
+    solved: Solved | None = None,
 ) -> tuple[list[PlannedGrowth], list[GrowthEvent], bool]:
     """Decide the growth of every pair.
 
     Returns the neurons to install, one event per pair (accepted or not) and whether any pair
-    had a significant neuron.
+    had a significant neuron. ``solved``: the output of :func:`solve_pairs` when the solves
+    already ran (e.g. spread over DDP ranks); otherwise they run here.
     """
     widths = {pair.name: pair.width for pair in pairs}
     by_name = {pair.name: pair for pair in pairs}
@@ -152,34 +203,11 @@ def plan_growth(
         name: (max_width.get(name) if isinstance(max_width, Mapping) else max_width)
         for name in widths
     }
-    per_event = {name: config.max_neurons_per_event or max(1, widths[name]) for name in widths}
+    per_event = {pair.name: max_neurons_per_event(pair, config) for pair in pairs}
 
-    started = time.perf_counter()
-    candidates: dict[str, GrowthCandidates] = {}
-    failed: dict[str, str] = {}
-    for index, pair in enumerate(pairs):
-        if pair.name not in moments:
-            continue
-        try:
-            candidates[pair.name] = compute_candidates(
-                moments[pair.name],
-                pair.geometry(),
-                method=config.method,
-                max_neurons=per_event[pair.name],
-                activation_slope=pair.activation_slope,
-                seed=config.seed + 7919 * decision_index + index,
-                **config.solver_options,
-            )
-        except (RuntimeError, ValueError, ArithmeticError) as error:
-            # A decision must never end a run: an ill-conditioned or non-finite moment (e.g. a
-            # 1×1 map with mostly zero rows, an eigensolver that does not converge) skips this
-            # pair for this decision; its statistics restart and the other pairs grow.
-            failed[pair.name] = f"{type(error).__name__}: {error}"
-            warnings.warn(
-                f"GrowthCallback: the solve of pair {pair.name} failed and the pair is skipped "
-                f"at this decision ({failed[pair.name]})",
-                stacklevel=2,
-            )
+    if solved is None:
+        solved = solve_pairs(pairs, moments, config, decision_index=decision_index)
+    candidates, failed, solve_seconds = solved
     decisions = select_growth(
         candidates,
         {name: widths[name] for name in candidates},
@@ -190,7 +218,6 @@ def plan_growth(
         total_parameters=total_parameters,
         max_parameters=config.max_parameters,
     )
-    solve_seconds = time.perf_counter() - started
 
     def event(name: str, reason: str, **measured: Any) -> GrowthEvent:
         nan = float("nan")

@@ -110,3 +110,34 @@ def test_ddp_ranks_stay_bitwise_identical_through_growth(tmp_path, accumulate, p
     assert not differing, differing
     # ddp_spawn copies rank 0's grown weights back into this process's (smaller) model.
     assert model.net[0].out_features == first["widths"]["net.0 -> net.3"]
+
+
+def _fingerprint_run(tmp_path: Path, spread: bool) -> dict:
+    pl.seed_everything(0, verbose=False)
+    result = tmp_path / f"fingerprints-{spread}.json"
+    growth = permissive_callback()
+    growth.spread_solves = spread
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_steps=24,
+        callbacks=[growth, _Fingerprints(result)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_Regression(), _loader())
+    return json.loads(result.read_text())
+
+
+def test_solves_spread_over_ranks_grow_bitwise_like_one_rank_solving_everything(tmp_path) -> None:
+    spread = _fingerprint_run(tmp_path, spread=True)
+    single = _fingerprint_run(tmp_path, spread=False)
+    assert spread["accepted"] >= 2 and spread["accepted"] == single["accepted"]
+    # Both pairs grew (from 2 and 1), so both ranks' solves were used.
+    widths = spread["ranks"][0]["widths"]
+    assert widths["net.0 -> net.3"] > 2 and widths["net.3 -> net.5"] > 1, widths
+    assert spread["ranks"][0]["widths"] == single["ranks"][0]["widths"]
+    assert spread["ranks"][0]["digests"] == single["ranks"][0]["digests"]
