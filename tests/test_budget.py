@@ -15,6 +15,7 @@ from lightning_grow import GrowthCallback
 from lightning_grow.budget import PairCost, pair_cost, pair_memory, plan_statistics
 from lightning_grow.models import ClassifierModule
 from lightning_grow.moments import PairGeometry
+from tests.helpers import permissive_callback
 
 
 def conv_geometry(c_in: int, hidden: int, c_out: int) -> PairGeometry:
@@ -164,16 +165,7 @@ def test_a_pair_over_the_memory_budget_is_skipped_and_the_others_grow() -> None:
     big, small = sorted(sizes, key=sizes.get, reverse=True)
     assert sizes[big] > sizes[small]
     budget = (sizes[big] + sizes[small]) // 2
-    callback = GrowthCallback(
-        verbose=False,
-        memory_budget=budget,
-        significance_margin=0.0,
-        gain_threshold=0.0,
-        min_loss_decrease=0.0,
-        statistics_samples=64,
-        held_samples=32,
-        stop_fraction=None,
-    )
+    callback = permissive_callback(memory_budget=budget)
     with pytest.warns(UserWarning, match=rf"pair {big} is left out.*memory budget"):
         _fit(callback, module, _loader(), 60)
     decided = {event.pair for event in callback.history}
@@ -194,16 +186,7 @@ def test_a_failing_solve_skips_the_pair_with_a_warning_and_training_goes_on(monk
         return real(*args, **kwargs)
 
     monkeypatch.setattr(planner, "compute_candidates", flaky)
-    callback = GrowthCallback(
-        verbose=False,
-        significance_margin=0.0,
-        gain_threshold=0.0,
-        min_loss_decrease=0.0,
-        statistics_samples=64,
-        held_samples=32,
-        stop_fraction=None,
-        compute_budget=None,
-    )
+    callback = permissive_callback()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _fit(callback, _Regression(), _loader(), 40)
