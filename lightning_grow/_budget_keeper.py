@@ -9,9 +9,10 @@ every rank follows the same schedule:
    and sequence sizes each pair sees and times the training step, measures the device's GEMM
    throughput once, and plans the statistics windows (``budget.plan_statistics``):
    which pairs collect together, for how long, on how many images and positions.
-3. **Pacing.** After each decision it compares the time spent in solves with the time spent
-   training and, when solves are ahead of their share (half the budget), makes the next window
-   wait until training has caught up.
+3. **Pacing.** After each decision it compares the time spent in solves (and, for networks
+   whose statistics are subsampled, in the amplitude search) with the time spent training and,
+   when they are ahead of their share (half the budget), makes the next window wait until
+   training has caught up.
 """
 
 from __future__ import annotations
@@ -217,11 +218,7 @@ class BudgetKeeper:
         allowed = self.compute_budget / 2 * self.step_seconds
         if planned <= 0 or measured <= 0:
             return None
-        subsampled = any(
-            plan.sampling[name].images_per_batch is not None
-            or plan.sampling[name].positions is not None
-            for name in plan.groups[group]
-        )
+        subsampled = plan.subsampled(plan.groups[group])
         # A window that gathers everything is left alone: there the time is hook overhead per
         # batch (small networks), which drawing fewer images would not reduce, only blind.
         if not subsampled or allowed / 1.5 < measured < 1.5 * allowed:
@@ -256,12 +253,13 @@ class BudgetKeeper:
 
     # ------------------------------------------------------------------ pacing
     def pacing_wait(self, growth_seconds: float, steps_per_second_unit: float) -> int:
-        """Steps the next window should wait so that solves stay within half the budget.
+        """Steps the next window should wait so that paced work stays within half the budget.
 
         Parameters
         ----------
         growth_seconds
-            Time spent in the paced work (the solves) since the last call.
+            Time spent in the paced work (solves, and searches on large networks) since the
+            last call.
         steps_per_second_unit
             Seconds of one optimizer step of training.
         """

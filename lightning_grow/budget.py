@@ -122,6 +122,14 @@ class StatisticsPlan:
             list(state["seconds_per_step"]),
         )
 
+    def subsampled(self, names: Sequence[str]) -> bool:
+        """Whether any of these pairs gathers a random subset of images or positions."""
+        return any(
+            self.sampling[name].images_per_batch is not None
+            or self.sampling[name].positions is not None
+            for name in names
+        )
+
     def group_of(self, name: str) -> int:
         """Index of the group that collects pair ``name``."""
         for index, group in enumerate(self.groups):

@@ -412,15 +412,17 @@ class GrowthCallback(GrowthStateMixin, Callback):
                 statistics_seconds=statistics_seconds,
                 solved=solved,
             )
-        # Only the solve is paced: it grows with d³ and dominates wide layers, while the search
-        # costs a few forward passes and pacing it would only slow small networks' growth.
-        solve_seconds = sum(event.timings["solve"] for event in events)
+        # The solve is paced: it grows with d³ and dominates wide layers. The search (forward
+        # passes on held batches) is paced too where the statistics are subsampled, i.e. where
+        # the network is expensive; on small networks pacing it would only slow their growth.
+        phases = ("solve", "search") if self.plan.subsampled(serving) else ("solve",)
+        paced = sum(event.timings[phase] for event in events for phase in phases)
         steps = self.budget.step_seconds * trainer.accumulate_grad_batches
         return {
             "growth": [to_payload(item) for item in planned],
             "events": [event.to_dict() for event in events],
             "any_significant": any_significant,
-            "wait": self.budget.pacing_wait(solve_seconds, steps),
+            "wait": self.budget.pacing_wait(paced, steps),
         }
 
     def _apply(self, trainer: pl.Trainer, growth: list[tuple[str, dict[str, Any]]]) -> set[str]:
