@@ -36,6 +36,7 @@ SECTIONS: dict[str, str] = {
     "cost": "benchmarks.sections_digits:cost_section",
     "teacher": "benchmarks.sections_other:teacher_section",
     "fidelity": "benchmarks.sections_other:fidelity_section",
+    "scale": "benchmarks.sections_scale:scale_section",
 }
 
 

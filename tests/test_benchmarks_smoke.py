@@ -124,7 +124,8 @@ def test_every_section_runs_at_toy_size(tmp_path) -> None:
         ]
     )
     text = output.read_text()
-    for title in ("1. Quality", "2. Side by side with GroMo", "3. Cost", "4. Teacher", "5. First"):
+    titles = ("1. Quality", "2. Side by side with GroMo", "3. Cost", "4. Teacher", "5. First", "6.")
+    for title in titles:
         assert f"## {title}" in text
     assert "| linear 512-512-512, batch 256 |" in text  # bench_statistics ran and was tabulated
     for figure in (
