@@ -39,7 +39,7 @@ from lightning_grow.planner import (
 )
 from lightning_grow.policy import GrowthSchedule, Phase
 from lightning_grow.statistics import PairStatistics, reduce_statistics
-from lightning_grow.surgery import NewNeurons, count_parameters, grow_pair
+from lightning_grow.surgery import NewNeurons, all_or_nothing, count_parameters, grow_pair
 from lightning_grow.topology import (
     GrowablePair,
 )
@@ -384,13 +384,15 @@ class GrowthCallback(Callback):
         """Install the planned neurons on this rank; return the names of the grown pairs."""
         by_name = {pair.name: pair for pair in self.pairs}
         grown: set[str] = set()
-        for name, tensors in growth:
-            pair = by_name[name]
-            device = pair.first.weight.device
-            tensors = fit_to_current_shapes(pair, move_data_to_device(tensors, device))
-            neurons = NewNeurons(**tensors)
-            grow_pair(pair, neurons, trainer.optimizers)
-            grown.add(name)
+        # All pairs or none: a failure on one undoes the pairs grown before it.
+        with all_or_nothing() as journal:
+            for name, tensors in growth:
+                pair = by_name[name]
+                device = pair.first.weight.device
+                tensors = fit_to_current_shapes(pair, move_data_to_device(tensors, device))
+                neurons = NewNeurons(**tensors)
+                grow_pair(pair, neurons, trainer.optimizers, journal=journal)
+                grown.add(name)
         if grown:
             rewrap_ddp(trainer)
         return grown
