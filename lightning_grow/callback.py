@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import nn
 
-from lightning_grow._arguments import check_arguments
+from lightning_grow._arguments import check_arguments, check_max_width_keys, check_network
 from lightning_grow._discovery import PairSpec, discover_pairs
 from lightning_grow._lightning import (
     LossFn,
@@ -209,7 +209,9 @@ class GrowthCallback(Callback):
         enable_resize_on_load(pl_module)
         if stage != "fit":
             return
+        check_network(pl_module, self.network_name)
         self.network, self.pairs = discover_pairs(pl_module, self.network_name, self.pairs_spec)
+        check_max_width_keys(self.config.max_width, [pair.name for pair in self.pairs])
         if not self.initial_widths:
             self.initial_widths = {pair.name: pair.width for pair in self.pairs}
 
