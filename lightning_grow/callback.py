@@ -26,8 +26,8 @@ from lightning_grow._lightning import (
     rewrap_ddp,
     settle_gloo_at_exit,
 )
-from lightning_grow.checkpoint import enable_resize_on_load
-from lightning_grow.events import GrowthEvent
+from lightning_grow.checkpoint import enable_resize_on_load, in_flight_state, warn_if_not_reloadable
+from lightning_grow.events import GrowthEvent, warn_no_samples
 from lightning_grow.logging import GrowthReporter
 from lightning_grow.planner import (
     GrowthConfig,
@@ -72,7 +72,12 @@ class GrowthCallback(Callback):
     method
         ``"tiny"`` (optimal neurons), ``"gradmax"`` (α = 0, ω from the gradient) or ``"random"``
         (Kaiming α, ω = 0). Where and how many neurons are added is decided by TINY's analysis for
-        every method, so methods compare at the same schedule.
+        every method, so methods compare at the same schedule. GradMax behind a ReLU-family
+        activation is not exactly function-preserving: a zero fan-in unit would never receive a
+        gradient (ReLU'(0) = 0), so each new unit gets the constant pre-activation 0.01 (its
+        bias or its BatchNorm's bias; without either, input weights of size 1e-3), which adds
+        0.01 × its output weights to ``second``'s output (away from a convolution's padded
+        border); the event's ``loss_after`` includes that change.
     warmup_steps
         Optimizer steps before the first statistics window.
     statistics_samples
@@ -121,7 +126,10 @@ class GrowthCallback(Callback):
         Smallest and largest amplitude of the doubling line search.
     loss_fn
         ``loss_fn(pl_module, batch) -> loss`` for the amplitude search. ``None``: the module's
-        ``training_step`` (its logging and metric updates are suppressed meanwhile).
+        ``training_step``, called in eval mode without gradients, several times per pair and
+        decision (each event's ``training_step_calls``; e.g. 213 calls for 32 optimizer
+        steps). Its logging and metric updates are suppressed; any other side effect (a counter,
+        an EMA, random draws, prints) happens at every call: pass a pure ``loss_fn`` then.
     loss_reduction
         How the training loss reduces over the batch (``"mean"`` or ``"sum"``); per-sample
         gradients are recovered from it.
@@ -198,6 +206,9 @@ class GrowthCallback(Callback):
         self._extensions: dict[str, int] = {}
         self._held: list[Any] = []
         self._pending_state: dict[str, Any] | None = None
+        # The in-flight window and held batches as fit ended, for a checkpoint saved after fit.
+        self._kept_in_flight: dict[str, Any] | None = None
+        self._warned_no_samples = False
 
     # ------------------------------------------------------------------ setup and teardown
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -216,12 +227,15 @@ class GrowthCallback(Callback):
             self.initial_widths = {pair.name: pair.width for pair in self.pairs}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._kept_in_flight = None
         self._statistics = {pair.name: self._new_statistics(pair) for pair in self.pairs}
         self._extensions = dict.fromkeys(self._statistics, 0)
         self.reporter.on_fit_start(trainer, self.widths, self.total_parameters, self.history)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._keep_in_flight()
         self._remove_statistics()
+        warn_if_not_reloadable(pl_module, grew=any(e.accepted for e in self.history))
         self.reporter.on_fit_end(
             trainer,
             self.initial_widths,
@@ -231,6 +245,7 @@ class GrowthCallback(Callback):
         )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._keep_in_flight()  # also when fit was interrupted (on_fit_end did not run)
         self._remove_statistics()
         self._held = []
 
@@ -353,12 +368,16 @@ class GrowthCallback(Callback):
         # A window whose batches all had non-finite gradients (e.g. early fp16 AMP steps) has no
         # samples: such pairs sit this decision out.
         moments = {name: s.moments() for name, s in self._statistics.items() if s.num_samples}
+        self._warned_no_samples = self._warned_no_samples or warn_no_samples(self._statistics)
         loss_fn = self.loss_fn or default_loss
         held = merge_batches(self._held)
+        calls = 0
 
         def evaluate() -> float:
+            nonlocal calls
             total, count = 0.0, 0
             for batch in held:
+                calls += 1
                 size = extract_batch_size(batch)
                 total += float(loss_fn(pl_module, batch)) * size
                 count += size
@@ -376,6 +395,8 @@ class GrowthCallback(Callback):
                 decision_index=self.schedule.decisions,
                 statistics_seconds=statistics_seconds,
             )
+        for event in events:
+            event.training_step_calls = calls
         return {
             "growth": [to_payload(item) for item in planned],
             "events": [event.to_dict() for event in events],
@@ -471,13 +492,16 @@ class GrowthCallback(Callback):
         }
         if self.schedule is not None:
             state["schedule"] = self.schedule.state_dict()
-            # An interrupted window resumes where it was (rank 0's partial sums under DDP).
-            state["statistics"] = {
-                name: s.flat_sums().cpu() for name, s in self._statistics.items() if s.num_samples
-            }
-            state["held"] = [move_data_to_device(batch, "cpu") for batch in self._held]
+            # An interrupted window resumes where it was (rank 0's partial sums under DDP); after
+            # fit, the window and held batches as fit ended.
+            kept = None if self._statistics else self._kept_in_flight
+            state.update(kept or in_flight_state(self._statistics, self._held))
             state["extensions"] = dict(self._extensions)
         return state
+
+    def _keep_in_flight(self) -> None:
+        if self._statistics:
+            self._kept_in_flight = in_flight_state(self._statistics, self._held)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [GrowthEvent.from_dict(record) for record in state_dict["history"]]
