@@ -81,6 +81,7 @@ from torch import Tensor
 from lightning_grow.linalg import (
     DEFAULT_DAMPING,
     DEFAULT_EIG_CUTOFF,
+    SolveError,
     eigh_psd,
     inverse_sqrt_psd,
     kept_spectrum,
@@ -95,6 +96,7 @@ __all__ = [
     "DEFAULT_SIGNIFICANCE_MARGIN",
     "GrowthCandidates",
     "Method",
+    "SolveError",
     "bottleneck_correlation",
     "compute_candidates",
     "enough_samples",
@@ -416,6 +418,12 @@ def compute_candidates(
     Returns
     -------
     GrowthCandidates
+
+    Raises
+    ------
+    SolveError
+        When a moment is not finite or cannot be decomposed even after the retries of
+        :mod:`lightning_grow.linalg` (the caller can skip this pair).
     """
     if method not in ("tiny", "gradmax", "random"):
         raise ValueError(f"method must be 'tiny', 'gradmax' or 'random', got {method!r}")
