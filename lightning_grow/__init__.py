@@ -17,6 +17,7 @@ from lightning_grow.checkpoint import (
     resize_to_state_dict,
 )
 from lightning_grow.events import GrowthEvent
+from lightning_grow.linalg import SolveError
 from lightning_grow.logging import GrowthReporter
 from lightning_grow.moments import PairGeometry, PairMoments
 from lightning_grow.optim import ParameterGrowth, replace_parameters
@@ -43,6 +44,7 @@ __all__ = [
     "PairStatistics",
     "ParameterGrowth",
     "ResizeOnLoadMixin",
+    "SolveError",
     "compute_candidates",
     "count_parameters",
     "enable_resize_on_load",

@@ -5,20 +5,20 @@ every rank follows the same schedule:
 
 1. **Admission.** Pairs whose decision would need more memory than ``memory_budget`` are left
    out of growth, with a warning that names them, their size and the fix.
-2. **Calibration and planning.** During the first few training batches it records the spatial
-   and sequence sizes each pair sees and times the training step, measures the device's GEMM
+2. **Calibration and planning.** During the first training batch it records the spatial and
+   sequence sizes each pair sees and times the training step, measures the device's GEMM
    throughput once, and plans the statistics windows (``budget.plan_statistics``):
    which pairs collect together, for how long, on how many images and positions.
-3. **Pacing.** After each decision it compares the time spent in solves (and, for networks
-   whose statistics are subsampled, in the amplitude search) with the time spent training and,
-   when they are ahead of their share (half the budget), makes the next window wait until
-   training has caught up.
+3. **Pacing.** For networks whose statistics are subsampled (expensive ones), after each
+   decision it compares the time spent in solves and amplitude searches with the time spent
+   training and, when they are ahead of their share (half the budget), makes the next window
+   wait until training has caught up. Small networks' decisions cost milliseconds of overhead
+   and are not paced (it would only slow their growth, and make it depend on timings).
 """
 
 from __future__ import annotations
 
 import math
-import statistics as stats_lib
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -39,7 +39,6 @@ from lightning_grow.topology import GrowablePair
 
 __all__ = ["BudgetKeeper", "default_memory_budget"]
 
-CALIBRATION_BATCHES = 4
 _MiB = 2**20
 
 
@@ -139,22 +138,19 @@ class BudgetKeeper:
             handle.remove()
         self._handles = []
 
-    @property
-    def calibrating(self) -> bool:
-        """Whether batches still need to be timed before a plan can be made."""
-        if self._restored or self.compute_budget is None:
-            return False
-        return len(self._batch_starts) <= CALIBRATION_BATCHES
-
     def observe_batch_start(self) -> None:
-        """Record the start of a calibration batch (the first interval, warm-up, is not used)."""
+        """Time the training batches before the plan: the step time is the last interval.
+
+        The first batch's interval includes one-off warm-up, so it overstates the step a
+        little (more generous budget); on the CPU, measured windows correct it
+        (:meth:`recalibrate`).
+        """
         now = time.perf_counter()
         if self._fit_started is None:
             self._fit_started = now
         self._batch_starts.append(now)
-        if not self.calibrating:
-            intervals = [b - a for a, b in zip(self._batch_starts[1:], self._batch_starts[2:])]
-            self.step_seconds = stats_lib.median(intervals)
+        if len(self._batch_starts) >= 2 and not self._restored:
+            self.step_seconds = self._batch_starts[-1] - self._batch_starts[-2]
             self.stop()
 
     # ------------------------------------------------------------------ planning
@@ -258,7 +254,7 @@ class BudgetKeeper:
         Parameters
         ----------
         growth_seconds
-            Time spent in the paced work (solves, and searches on large networks) since the
+            Time spent in the paced work (solves and searches of subsampled groups) since the
             last call.
         steps_per_second_unit
             Seconds of one optimizer step of training.

@@ -17,9 +17,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 
 from lightning_grow.budget import StatisticsPlan
+from lightning_grow.checkpoint import in_flight_state
 from lightning_grow.events import GrowthEvent
 from lightning_grow.planner import moment_dimension
 from lightning_grow.policy import GrowthSchedule
+from lightning_grow.statistics import PairStatistics
+from lightning_grow.topology import GrowablePair
 
 if TYPE_CHECKING:
     from lightning_grow.callback import GrowthCallback
@@ -31,18 +34,47 @@ class GrowthStateMixin:
     """Schedule building and checkpoint state of :class:`~lightning_grow.GrowthCallback`."""
 
     def _build_schedule(self: GrowthCallback, trainer: pl.Trainer, batch: Any) -> GrowthSchedule:
+        """The schedule, at the first batch; its windows' length comes with the plan.
+
+        With a compute budget the first batch is timed (its statistics are deferred) and the
+        plan is made at the second (:meth:`_plan_statistics`), so that the first window still
+        starts at the first batch, as without a budget.
+        """
         # The batch size of rank 0 sets the window length so all ranks agree on the schedule.
         local_batch = extract_batch_size(batch)
-        batch_size = int(trainer.strategy.broadcast(local_batch, src=0))
+        self._batch_size = int(trainer.strategy.broadcast(local_batch, src=0))
         accumulate = self._accumulate = trainer.accumulate_grad_batches
-        stop_step = self._stop_step(trainer)
+        hold_steps = math.ceil(self.held_samples / (self._batch_size * accumulate))
+        schedule = self.schedule = GrowthSchedule(
+            warmup_steps=self.warmup_steps,
+            window_steps=1,
+            hold_steps=max(hold_steps, 1),
+            cooldown_steps=self.cooldown_steps,
+            stop_step=self._stop_step(trainer),
+            patience=self.patience,
+        )
+        restored = self._pending_state is not None
+        if restored:
+            self._restore_in_flight(schedule, self._pending_state, trainer.is_global_zero)
+            self._pending_state = None
+        self.budget.observe_batch_start()
+        if self.plan is not None or self.budget.compute_budget is None:
+            self._plan_statistics(trainer, warn=not restored)
+        return schedule
+
+    def _plan_statistics(self: GrowthCallback, trainer: pl.Trainer, warn: bool = True) -> None:
+        """Plan the statistics on rank 0 (or keep a restored plan), share it, start following it."""
+        assert self.schedule is not None
+        stop_step = self.schedule.stop_step
         plan = self.plan
+        if plan is None:
+            self.budget.observe_batch_start()
         if trainer.is_global_zero and plan is None:
             growth_steps = None if stop_step is None else stop_step - trainer.global_step
             plan = self.budget.plan(
                 self._growing,
                 lambda pair: self.statistics_samples or max(512, 2 * moment_dimension(pair)),
-                batch_size=batch_size,
+                batch_size=self._batch_size,
                 world_size=trainer.world_size,
                 # Every group should get several turns before growth stops.
                 max_window_steps=None if not growth_steps else max(1, growth_steps // 8),
@@ -50,27 +82,24 @@ class GrowthStateMixin:
             )
             if self.verbose:
                 rank_zero_info(self.budget.describe(plan))
-        self.plan = StatisticsPlan.from_dict(
-            trainer.strategy.broadcast(plan.to_dict() if plan else None, src=0)
+        self._follow_plan(
+            StatisticsPlan.from_dict(
+                trainer.strategy.broadcast(plan.to_dict() if plan else None, src=0)
+            )
         )
         self._group %= len(self.plan.groups)
-        self._statistics = {pair.name: self._new_statistics(pair) for pair in self._growing}
-        window_steps = math.ceil(self.plan.window_steps[self._group] / accumulate)
-        hold_steps = math.ceil(self.held_samples / (batch_size * accumulate))
-        schedule = GrowthSchedule(
-            warmup_steps=self.warmup_steps,
-            window_steps=max(window_steps, 1),
-            hold_steps=max(hold_steps, 1),
-            cooldown_steps=self.cooldown_steps,
-            stop_step=stop_step,
-            patience=self.patience,
+        serving = set(self._serving())
+        for name, statistics in self._statistics.items():
+            if name in serving:
+                statistics.flush()  # the deferred first batch, now with the planned sampling
+            elif statistics.is_open:
+                statistics.close()  # another group's turn comes later
+        self.schedule.window_steps = max(
+            1, math.ceil(self.plan.window_steps[self._group] / self._accumulate)
         )
-        if self._pending_state is not None:
-            self._restore_in_flight(schedule, self._pending_state, trainer.is_global_zero)
-            self._pending_state = None
-        elif trainer.is_global_zero and stop_step is not None:
-            _warn_if_undecidable(self.plan, stop_step - trainer.global_step, accumulate, hold_steps)
-        return schedule
+        if warn and trainer.is_global_zero and stop_step is not None and stop_step > trainer.global_step:
+            hold = self.schedule.hold_steps
+            _warn_if_undecidable(self.plan, stop_step - trainer.global_step, self._accumulate, hold)
 
     def _next_windows(
         self: GrowthCallback,
@@ -109,6 +138,16 @@ class GrowthStateMixin:
                 self._extensions[name] = 0
         return extending
 
+    def _new_statistics(self: GrowthCallback, pair: GrowablePair) -> PairStatistics:
+        sampling = self.plan.sampling[pair.name] if self.plan is not None else None
+        return PairStatistics(
+            pair,
+            loss_reduction=self.loss_reduction,
+            images_per_batch=sampling.images_per_batch if sampling else None,
+            positions=sampling.positions if sampling else None,
+            seed=self.config.seed + 7919 * len(self.history) + hash(pair.name) % 7919,
+        )
+
     def _follow_plan(self: GrowthCallback, plan: StatisticsPlan) -> None:
         """Adopt a recalibrated plan: open windows keep their sums (per-image averages)."""
         self.plan = plan
@@ -118,9 +157,10 @@ class GrowthStateMixin:
             statistics.positions = sampling.positions
 
     def _serving(self: GrowthCallback) -> list[str]:
-        """Names of the pairs whose statistics window is the current one."""
+        """Names of the pairs whose statistics window is the current one (all of them while
+        the first batch is timed, before the plan)."""
         if self.plan is None:
-            return []
+            return [pair.name for pair in self._growing]
         return self.plan.groups[self._group % len(self.plan.groups)]
 
     def _next_group(self: GrowthCallback) -> None:
@@ -153,17 +193,20 @@ class GrowthStateMixin:
         }
         if self.schedule is not None:
             state["schedule"] = self.schedule.state_dict()
-            # An interrupted window resumes where it was (rank 0's partial sums under DDP).
-            state["statistics"] = {
-                name: s.flat_sums().cpu() for name, s in self._statistics.items() if s.num_samples
-            }
-            state["held"] = [move_data_to_device(batch, "cpu") for batch in self._held]
+            # An interrupted window resumes where it was (rank 0's partial sums under DDP); after
+            # fit, the window and held batches as fit ended.
+            kept = None if self._statistics else self._kept_in_flight
+            state.update(kept or in_flight_state(self._statistics, self._held))
             state["extensions"] = dict(self._extensions)
             state["group"] = self._group
             if self.plan is not None:
                 state["plan"] = self.plan.to_dict()
                 state["budget"] = self.budget.state_dict()
         return state
+
+    def _keep_in_flight(self: GrowthCallback) -> None:
+        if self._statistics:
+            self._kept_in_flight = in_flight_state(self._statistics, self._held)
 
     def load_state_dict(self: GrowthCallback, state_dict: dict[str, Any]) -> None:
         self.history = [GrowthEvent.from_dict(record) for record in state_dict["history"]]

@@ -254,8 +254,12 @@ def plan_statistics(
     groups: list[list[PairCost]] = [[]]
     for cost in costs:
         candidate = [*groups[-1], cost]
-        too_long = max_window_steps is not None and len(candidate) > 1
-        if too_long and _window(candidate, per_step, allowance) > max_window_steps:
+        # Split only windows that the budget stretches: one that is long for want of data
+        # would be just as long for each pair alone.
+        limit = None
+        if max_window_steps is not None and len(candidate) > 1:
+            limit = max(max_window_steps, _window(candidate, per_step, math.inf))
+        if limit is not None and _window(candidate, per_step, allowance) > limit:
             groups.append([cost])
         else:
             groups[-1] = candidate

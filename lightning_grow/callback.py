@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import nn
 
-from lightning_grow._arguments import check_arguments
+from lightning_grow._arguments import check_arguments, check_max_width_keys, check_network
 from lightning_grow._budget_keeper import BudgetKeeper
 from lightning_grow._callback_state import GrowthStateMixin
 from lightning_grow._discovery import PairSpec, discover_pairs
@@ -30,8 +30,8 @@ from lightning_grow._lightning import (
 )
 from lightning_grow._spread import solve_spread
 from lightning_grow.budget import StatisticsPlan
-from lightning_grow.checkpoint import enable_resize_on_load
-from lightning_grow.events import GrowthEvent
+from lightning_grow.checkpoint import enable_resize_on_load, warn_if_not_reloadable
+from lightning_grow.events import GrowthEvent, warn_no_samples
 from lightning_grow.logging import GrowthReporter
 from lightning_grow.planner import (
     GrowthConfig,
@@ -43,7 +43,7 @@ from lightning_grow.planner import (
 )
 from lightning_grow.policy import GrowthSchedule, Phase
 from lightning_grow.statistics import LazyMoments, PairStatistics, reduce_statistics
-from lightning_grow.surgery import NewNeurons, count_parameters, grow_pair
+from lightning_grow.surgery import NewNeurons, all_or_nothing, count_parameters, grow_pair
 from lightning_grow.topology import GrowablePair
 
 __all__ = ["GrowthCallback"]
@@ -74,7 +74,12 @@ class GrowthCallback(GrowthStateMixin, Callback):
     method
         ``"tiny"`` (optimal neurons), ``"gradmax"`` (α = 0, ω from the gradient) or ``"random"``
         (Kaiming α, ω = 0). Where and how many neurons are added is decided by TINY's analysis for
-        every method, so methods compare at the same schedule.
+        every method, so methods compare at the same schedule. GradMax behind a ReLU-family
+        activation is not exactly function-preserving: a zero fan-in unit would never receive a
+        gradient (ReLU'(0) = 0), so each new unit gets the constant pre-activation 0.01 (its
+        bias or its BatchNorm's bias; without either, input weights of size 1e-3), which adds
+        0.01 × its output weights to ``second``'s output (away from a convolution's padded
+        border); the event's ``loss_after`` includes that change.
     warmup_steps
         Optimizer steps before the first statistics window.
     statistics_samples
@@ -137,7 +142,10 @@ class GrowthCallback(GrowthStateMixin, Callback):
         Smallest and largest amplitude of the doubling line search.
     loss_fn
         ``loss_fn(pl_module, batch) -> loss`` for the amplitude search. ``None``: the module's
-        ``training_step`` (its logging and metric updates are suppressed meanwhile).
+        ``training_step``, called in eval mode without gradients, several times per pair and
+        decision (each event's ``training_step_calls``; e.g. 213 calls for 32 optimizer
+        steps). Its logging and metric updates are suppressed; any other side effect (a counter,
+        an EMA, random draws, prints) happens at every call: pass a pure ``loss_fn`` then.
     loss_reduction
         How the training loss reduces over the batch (``"mean"`` or ``"sum"``); per-sample
         gradients are recovered from it.
@@ -225,6 +233,9 @@ class GrowthCallback(GrowthStateMixin, Callback):
         self._extensions: dict[str, int] = {}
         self._held: list[Any] = []
         self._pending_state: dict[str, Any] | None = None
+        # The in-flight window and held batches as fit ended, for a checkpoint saved after fit.
+        self._kept_in_flight: dict[str, Any] | None = None
+        self._warned_no_samples = False
 
     # ------------------------------------------------------------------ setup and teardown
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -236,16 +247,19 @@ class GrowthCallback(GrowthStateMixin, Callback):
         enable_resize_on_load(pl_module)
         if stage != "fit":
             return
+        check_network(pl_module, self.network_name)
         self.network, self.pairs = discover_pairs(pl_module, self.network_name, self.pairs_spec)
+        check_max_width_keys(self.config.max_width, [pair.name for pair in self.pairs])
         if not self.initial_widths:
             self.initial_widths = {pair.name: pair.width for pair in self.pairs}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._kept_in_flight = None
         device = self.pairs[0].first.weight.device
         self._growing = self.budget.admit(self.pairs, device, warn=trainer.is_global_zero)
         if not self._growing and trainer.is_global_zero:
             rank_zero_warn("GrowthCallback: no pair fits the memory budget; nothing will grow.")
-        self._statistics = {}
+        self._statistics = {pair.name: self._new_statistics(pair) for pair in self._growing}
         self._extensions = {pair.name: 0 for pair in self._growing}
         self.schedule = None
         if self._pending_state is None:
@@ -254,7 +268,9 @@ class GrowthCallback(GrowthStateMixin, Callback):
         self.reporter.on_fit_start(trainer, self.widths, self.total_parameters, self.history)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._keep_in_flight()
         self._remove_statistics()
+        warn_if_not_reloadable(pl_module, grew=any(e.accepted for e in self.history))
         self.reporter.on_fit_end(
             trainer,
             self.initial_widths,
@@ -264,6 +280,7 @@ class GrowthCallback(GrowthStateMixin, Callback):
         )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._keep_in_flight()  # also when fit was interrupted (on_fit_end did not run)
         self._remove_statistics()
         self._held = []
 
@@ -271,15 +288,15 @@ class GrowthCallback(GrowthStateMixin, Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if not self._growing:
+            return
         if self.schedule is None:
             if self._pending_state is not None and "plan" in self._pending_state:
                 self.plan = StatisticsPlan.from_dict(self._pending_state["plan"])
                 self.budget.load_state_dict(self._pending_state["budget"])
-            if self.budget.calibrating:
-                self.budget.observe_batch_start()
-            if self.budget.calibrating or not self._growing:
-                return
             self.schedule = self._build_schedule(trainer, batch)
+        elif self.plan is None:
+            self._plan_statistics(trainer)  # the first batch was timed: plan, then flush it
         phase = self.schedule.advance(trainer.global_step)
         if phase is Phase.COLLECT:
             scale = gradient_scale(trainer)
@@ -287,7 +304,7 @@ class GrowthCallback(GrowthStateMixin, Callback):
                 statistics = self._statistics[name]
                 statistics.gradient_scale = scale
                 if not statistics.is_open:
-                    statistics.open()
+                    statistics.open(defer=self.plan is None)
             return
         self._close_statistics()
         if phase is Phase.HOLD and trainer.is_global_zero:
@@ -388,12 +405,18 @@ class GrowthCallback(GrowthStateMixin, Callback):
         # samples: such pairs sit this decision out.
         serving = self._serving()
         moments = LazyMoments({name: self._statistics[name] for name in serving})
+        self._warned_no_samples = self._warned_no_samples or warn_no_samples(
+            {name: self._statistics[name] for name in serving}
+        )
         loss_fn = self.loss_fn or default_loss
         held = merge_batches(self._held)
+        calls = 0
 
         def evaluate() -> float:
+            nonlocal calls
             total, count = 0.0, 0
             for batch in held:
+                calls += 1
                 size = extract_batch_size(batch)
                 total += float(loss_fn(pl_module, batch)) * size
                 count += size
@@ -412,10 +435,12 @@ class GrowthCallback(GrowthStateMixin, Callback):
                 statistics_seconds=statistics_seconds,
                 solved=solved,
             )
-        # The solve is paced: it grows with d³ and dominates wide layers. The search (forward
-        # passes on held batches) is paced too where the statistics are subsampled, i.e. where
-        # the network is expensive; on small networks pacing it would only slow their growth.
-        phases = ("solve", "search") if self.plan.subsampled(serving) else ("solve",)
+        for event in events:
+            event.training_step_calls = calls
+        # Solves (d³) and searches (forward passes on held batches) are paced where statistics
+        # are subsampled, i.e. where the network is expensive. Small networks, whose decisions
+        # cost milliseconds of overhead, are not: pacing would only slow their growth.
+        phases = ("solve", "search") if self.plan.subsampled(serving) else ()
         paced = sum(event.timings[phase] for event in events for phase in phases)
         steps = self.budget.step_seconds * trainer.accumulate_grad_batches
         return {
@@ -429,13 +454,15 @@ class GrowthCallback(GrowthStateMixin, Callback):
         """Install the planned neurons on this rank; return the names of the grown pairs."""
         by_name = {pair.name: pair for pair in self.pairs}
         grown: set[str] = set()
-        for name, tensors in growth:
-            pair = by_name[name]
-            device = pair.first.weight.device
-            tensors = fit_to_current_shapes(pair, move_data_to_device(tensors, device))
-            neurons = NewNeurons(**tensors)
-            grow_pair(pair, neurons, trainer.optimizers)
-            grown.add(name)
+        # All pairs or none: a failure on one undoes the pairs grown before it.
+        with all_or_nothing() as journal:
+            for name, tensors in growth:
+                pair = by_name[name]
+                device = pair.first.weight.device
+                tensors = fit_to_current_shapes(pair, move_data_to_device(tensors, device))
+                neurons = NewNeurons(**tensors)
+                grow_pair(pair, neurons, trainer.optimizers, journal=journal)
+                grown.add(name)
         if grown:
             rewrap_ddp(trainer)
         return grown
@@ -452,16 +479,6 @@ class GrowthCallback(GrowthStateMixin, Callback):
         if self.network is None:
             return 0
         return count_parameters(self.network)
-
-    def _new_statistics(self, pair: GrowablePair) -> PairStatistics:
-        sampling = self.plan.sampling[pair.name] if self.plan is not None else None
-        return PairStatistics(
-            pair,
-            loss_reduction=self.loss_reduction,
-            images_per_batch=sampling.images_per_batch if sampling else None,
-            positions=sampling.positions if sampling else None,
-            seed=self.config.seed + 7919 * len(self.history) + hash(pair.name) % 7919,
-        )
 
     def _close_statistics(self) -> None:
         for statistics in self._statistics.values():

@@ -28,16 +28,25 @@ after step 3, when the optimizers already hold the old parameters: growth refuse
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_grow.surgery import ModuleEdit
 
-__all__ = ["ResizeOnLoadMixin", "enable_resize_on_load", "resize_to_state_dict"]
+__all__ = [
+    "ResizeOnLoadMixin",
+    "enable_resize_on_load",
+    "in_flight_state",
+    "reload_hint",
+    "resize_to_state_dict",
+    "warn_if_not_reloadable",
+]
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
@@ -249,3 +258,47 @@ class ResizeOnLoadMixin:
         # Covers subclasses whose __init__ bypassed the mixin's; idempotent otherwise.
         enable_resize_on_load(self)  # type: ignore[arg-type]
         return super().load_state_dict(state_dict, *args, **kwargs)  # type: ignore[misc]
+
+
+def reload_hint(module: nn.Module) -> str | None:
+    """What to do so that a grown ``module``'s checkpoints load again, or ``None`` if they do.
+
+    ``Model.load_from_checkpoint(path)`` and ``Model().load_state_dict(...)`` build the model at
+    its constructor's (small) size and fail with PyTorch's "size mismatch" error unless the
+    class resizes on load; no code of this package runs there to explain it. The callback shows
+    this hint at the end of a fit that grew the network.
+    """
+    if isinstance(module, ResizeOnLoadMixin):
+        return None
+    name = type(module).__name__
+    return (
+        f"The network grew, so checkpoints of this run hold larger layers than {name}() "
+        f"builds: {name}.load_from_checkpoint(...) and load_state_dict(...) on a fresh {name} "
+        f"fail with a 'size mismatch' error. Declare `class {name}(ResizeOnLoadMixin, "
+        "LightningModule)` (from lightning_grow.checkpoint), or call "
+        "`enable_resize_on_load(model)` before loading. Resuming with "
+        "trainer.fit(model, ckpt_path=...) works as is while GrowthCallback is in the trainer."
+    )
+
+
+def warn_if_not_reloadable(module: nn.Module, *, grew: bool) -> None:
+    """Warn (on rank 0) with :func:`reload_hint` when the network ``grew`` and needs it."""
+    hint = reload_hint(module) if grew else None
+    if hint is not None:
+        rank_zero_warn(hint)
+
+
+def in_flight_state(statistics: Mapping[str, Any], held: Sequence[Any]) -> dict[str, Any]:
+    """The growth cycle's in-flight part of a checkpoint, on the CPU.
+
+    ``statistics`` (pair name → :class:`~lightning_grow.statistics.PairStatistics`) gives the
+    partial sums of the open or closed window, ``held`` the batches held out for the amplitude
+    search. The callback also keeps this when fit ends, so that ``trainer.save_checkpoint``
+    after ``fit`` resumes exactly like a checkpoint written during training.
+    """
+    return {
+        "statistics": {
+            name: s.flat_sums().cpu() for name, s in statistics.items() if s.num_samples
+        },
+        "held": [move_data_to_device(batch, "cpu") for batch in held],
+    }

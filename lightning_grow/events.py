@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 @dataclass
@@ -41,6 +44,11 @@ class GrowthEvent:
         Parameters of the whole network after the decision.
     method
         ``"tiny"``, ``"gradmax"`` or ``"random"``.
+    training_step_calls
+        Calls of the module's ``training_step`` (or of ``loss_fn`` when given) that this
+        decision made to measure the new units' activity and search their amplitude, all pairs
+        together: the same number on every event of one decision. Each call's side effects other
+        than logging and metric updates (counters, random draws, prints) really happen.
     timings
         Seconds per phase: ``statistics``, ``solve``, ``search``, ``surgery``.
     """
@@ -61,6 +69,7 @@ class GrowthEvent:
     loss_after: float
     total_parameters: int
     method: str
+    training_step_calls: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,3 +89,38 @@ class GrowthEvent:
             if key.startswith("time_")
         }
         return cls(**record, timings=timings)
+
+
+def warn_no_samples(statistics: Mapping[str, Any]) -> bool:
+    """Warn (on rank 0) about pairs whose statistics window has no usable sample.
+
+    Such pairs sit the decision out with the reason ``"no samples"``; without a warning nobody
+    learns that every batch was skipped for NaN or inf.
+
+    Parameters
+    ----------
+    statistics
+        Pair name → its :class:`~lightning_grow.statistics.PairStatistics`.
+
+    Returns
+    -------
+    bool
+        Whether a warning was issued (the callback warns once).
+    """
+    empty = {name: s.skipped_batches for name, s in statistics.items() if not s.num_samples}
+    if empty:
+        rank_zero_warn(_no_samples_message(empty))
+    return bool(empty)
+
+
+def _no_samples_message(skipped_batches: Mapping[str, int]) -> str:
+    pairs = ", ".join(
+        f"{name} ({count} batches skipped)" for name, count in skipped_batches.items()
+    )
+    return (
+        f"GrowthCallback: a statistics window ended without any usable sample for {pairs}. "
+        "Batches whose inputs, activations or gradients contain NaN or inf are skipped; when "
+        "all of them are, these pairs cannot grow (their events say 'no samples'). Check the "
+        "data and the weights for NaN/inf (fp16 AMP skips only the first few steps). This "
+        "warning is shown once."
+    )

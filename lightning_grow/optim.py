@@ -24,7 +24,7 @@ Every check and every padded tensor is prepared before anything is changed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -115,16 +115,28 @@ class OptimizerReplacement:
 
     def apply(self) -> None:
         """Swap the new parameters and their padded state into the optimizers."""
+        for assignment in self.assignments():
+            assignment()
+
+    def assignments(self) -> Iterator[Callable[[], None]]:
+        """:meth:`apply`'s steps in order: per parameter, re-point, drop old state, add new."""
         for location, growth, new_state in self.moves:
             optimizer = location.optimizer
-            optimizer.param_groups[location.group_index]["params"][location.param_index] = (
-                growth.new
+            params = optimizer.param_groups[location.group_index]["params"]
+            yield (
+                lambda params=params, index=location.param_index, new=growth.new: (
+                    params.__setitem__(index, new)
+                )
             )
             # ``optimizer.state`` is a defaultdict: test membership so no empty entry is created.
             if growth.old in optimizer.state:
-                del optimizer.state[growth.old]
+                yield lambda state=optimizer.state, old=growth.old: state.pop(old)
             if new_state is not None:
-                optimizer.state[growth.new] = new_state
+                yield (
+                    lambda state=optimizer.state, new=growth.new, entry=new_state: (
+                        state.__setitem__(new, entry)
+                    )
+                )
 
 
 def unwrap_optimizer(optimizer: Optimizer) -> Optimizer:

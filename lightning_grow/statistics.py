@@ -108,6 +108,8 @@ class PairStatistics:
         self.positions = positions
         self._generator = torch.Generator().manual_seed(seed)
         self._conv_index: ConvIndex | None = None
+        self._deferring = False
+        self._deferred: list[tuple[Tensor, Tensor, Tensor, float]] = []
         self.gradient_scale = 1.0
         self.elapsed_seconds = 0.0
         self._layout = self._checked_layout()
@@ -122,21 +124,35 @@ class PairStatistics:
         ]
 
     # ------------------------------------------------------------------ window
-    def open(self) -> None:
-        """Start accumulating from the next training forward."""
+    def open(self, *, defer: bool = False) -> None:
+        """Start accumulating from the next training forward.
+
+        ``defer=True`` only keeps references to each batch's tensors, to be accumulated by
+        :meth:`flush` once the sampling is known (the budget plans it after the first batch).
+        """
         if not self._handles:
             raise RuntimeError(f"statistics of {self.pair.name} were removed")
         self._open = True
+        self._deferring = defer
+
+    def flush(self) -> None:
+        """Accumulate the deferred batches with the current sampling, and stop deferring."""
+        deferred, self._deferred, self._deferring = self._deferred, [], False
+        for x, h, grad, scale in deferred:
+            self.gradient_scale = scale
+            self._accumulate(x, h, grad)
 
     def close(self) -> None:
         """Stop accumulating (pending forwards whose backward comes later are ignored)."""
         self._open = False
+        self._deferred, self._deferring = [], False
         self._pending_input = None
         self._scratch = None
 
     def reset(self) -> None:
         """Drop the sums; the pair may have grown since, so the layout is derived again."""
         self._sums = None
+        self._deferred = []
         self._scratch = None
         self._generation += 1
         self._pending_input = None
@@ -269,7 +285,10 @@ class PairStatistics:
             x, h = held
             held.clear()
             if self._open and self._generation == generation:
-                self._accumulate(x, h, grad)
+                if self._deferring:
+                    self._deferred.append((x, h, grad, self.gradient_scale))
+                else:
+                    self._accumulate(x, h, grad)
 
         output.register_hook(on_gradient)
 

@@ -2,9 +2,15 @@
 
 Every widened weight, bias and BatchNorm statistic becomes a NEW tensor (a new ``nn.Parameter``
 for parameters, keeping ``requires_grad``): resizing ``.data`` in place would break a DDP wrapper
-re-built around the module. Shapes are validated and every new tensor, including the optimizer's
-padded state, is built before anything is swapped in, so an exception leaves the model and the
-optimizer untouched.
+re-built around the module.
+
+Growth is all-or-nothing. Shapes are validated and every new tensor, including the optimizer's
+padded state, is built before anything is swapped in (the plan), so an error while planning
+changes nothing. The commit that follows is only assignments, but an assignment can still raise
+(a module whose attribute is a read-only property, a hook of the user's, an interrupt): the
+references it replaces are recorded first (:class:`CommitSnapshot`) and put back on any
+exception, which is then re-raised. :func:`all_or_nothing` extends this to several pairs grown
+at one decision.
 
 The lower-level ``plan_*`` functions return a :class:`ModuleEdit` that is applied later; they are
 what :func:`grow_pair` and :mod:`lightning_grow.checkpoint` are built from.
@@ -12,19 +18,23 @@ what :func:`grow_pair` and :mod:`lightning_grow.checkpoint` are built from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_grow.optim import ParameterGrowth, prepare_replacement
+from lightning_grow.optim import OptimizerReplacement, ParameterGrowth, prepare_replacement
 from lightning_grow.topology import GrowablePair
 
 __all__ = [
+    "CommitSnapshot",
     "ModuleEdit",
     "NewNeurons",
+    "all_or_nothing",
     "count_parameters",
     "grow_pair",
     "plan_batch_norm_growth",
@@ -93,11 +103,90 @@ class ModuleEdit:
 
     def apply(self) -> None:
         """Swap the new tensors and attribute values in (plain assignments only)."""
-        for attribute, tensor in self.tensors.items():
+        for assignment in self.assignments():
+            assignment()
+
+    def assignments(self) -> Iterator[Callable[[], None]]:
+        """The commit's steps, one ``setattr`` each, in the order :meth:`apply` runs them."""
+        for attribute, value in [*self.tensors.items(), *self.attributes.items()]:
             # nn.Module.__setattr__ re-registers a Parameter, and updates a registered buffer.
-            setattr(self.module, attribute, tensor)
-        for attribute, value in self.attributes.items():
-            setattr(self.module, attribute, value)
+            yield lambda attribute=attribute, value=value: setattr(self.module, attribute, value)
+
+
+_MISSING = object()
+
+
+@dataclass(eq=False)
+class CommitSnapshot:
+    """The references a commit replaces, taken before it starts; :meth:`restore` puts them back.
+
+    Shallow copies only (dicts of references, no tensor data): the old parameters, buffers and
+    optimizer state entries are kept alive by the snapshot, not copied.
+    """
+
+    modules: list[tuple[nn.Module, dict[str, Any]]] = field(default_factory=list)
+    optimizers: list[tuple[Any, list[tuple[dict, list, list]], dict]] = field(default_factory=list)
+
+    @classmethod
+    def take(cls, edits: Sequence[ModuleEdit], replacement: OptimizerReplacement) -> CommitSnapshot:
+        """Record everything ``edits`` and ``replacement`` can change."""
+        snapshot = cls()
+        by_module: dict[int, dict[str, Any]] = {}
+        for edit in edits:
+            module = edit.module
+            if id(module) not in by_module:
+                by_module[id(module)] = {
+                    "_parameters": dict(module._parameters),
+                    "_buffers": dict(module._buffers),
+                    "_non_persistent_buffers_set": set(module._non_persistent_buffers_set),
+                    "__dict__": {},
+                }
+                snapshot.modules.append((module, by_module[id(module)]))
+            # nn.Module.__setattr__ also removes a name from __dict__ before registering it.
+            attributes = by_module[id(module)]["__dict__"]
+            for name in [*edit.tensors, *edit.attributes]:
+                attributes.setdefault(name, module.__dict__.get(name, _MISSING))
+        optimizers = {id(loc.optimizer): loc.optimizer for loc, _, _ in replacement.moves}
+        for optimizer in optimizers.values():
+            groups = [(g, g["params"], list(g["params"])) for g in optimizer.param_groups]
+            snapshot.optimizers.append((optimizer, groups, dict(optimizer.state)))
+        return snapshot
+
+    def restore(self) -> None:
+        """Put every recorded reference back (idempotent; plain dict operations, no checks)."""
+        for module, saved in self.modules:
+            for name in ("_parameters", "_buffers", "_non_persistent_buffers_set"):
+                container = getattr(module, name)
+                container.clear()
+                container.update(saved[name])
+            for name, value in saved["__dict__"].items():
+                if value is _MISSING:
+                    module.__dict__.pop(name, None)
+                else:
+                    module.__dict__[name] = value
+        for optimizer, groups, state in self.optimizers:
+            for group, params, saved_params in groups:
+                params[:] = saved_params
+                group["params"] = params
+            optimizer.state.clear()
+            optimizer.state.update(state)
+
+
+@contextmanager
+def all_or_nothing() -> Iterator[list[CommitSnapshot]]:
+    """Undo every commit recorded in the yielded journal when the block raises.
+
+    ``with all_or_nothing() as journal: grow_pair(..., journal=journal); grow_pair(...)``: if
+    the second growth (or anything else in the block) fails, the first is rolled back too
+    (the failing one rolls itself back), newest first, and the exception propagates.
+    """
+    journal: list[CommitSnapshot] = []
+    try:
+        yield journal
+    except BaseException:
+        for snapshot in reversed(journal):
+            snapshot.restore()
+        raise
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -149,6 +238,14 @@ def _grown_parameter(edit: ModuleEdit, attribute: str, extra: Tensor, dim: int) 
 def _check_plain_layer(module: nn.Module, where: str) -> None:
     if not isinstance(module, nn.Linear | nn.Conv2d):
         raise TypeError(f"{where} must be nn.Linear or nn.Conv2d to grow")
+    for attribute in ("weight", "bias"):
+        if attribute not in module._parameters and getattr(module, attribute, None) is not None:
+            # weight_norm / spectral_norm / parametrizations compute `weight` from other
+            # parameters: a new Parameter cannot replace it (it failed mid-commit before).
+            raise TypeError(
+                f"{where}.{attribute} is not a plain parameter (weight_norm, spectral_norm or "
+                "another parametrization?); remove it before growing this layer"
+            )
     if isinstance(module, nn.Conv2d) and module.groups != 1:
         raise ValueError(f"{where} has groups={module.groups}; only groups=1 convolutions grow")
 
@@ -340,7 +437,11 @@ def _plan_pair(pair: GrowablePair, neurons: NewNeurons) -> list[ModuleEdit]:
 
 
 def grow_pair(
-    pair: GrowablePair, neurons: NewNeurons, optimizers: Optimizer | Sequence[Optimizer] = ()
+    pair: GrowablePair,
+    neurons: NewNeurons,
+    optimizers: Optimizer | Sequence[Optimizer] = (),
+    *,
+    journal: list[CommitSnapshot] | None = None,
 ) -> None:
     """Add ``neurons`` to ``pair`` and re-point the optimizers to the new parameters.
 
@@ -359,17 +460,32 @@ def grow_pair(
         Optimizer(s) training the pair (e.g. ``trainer.optimizers``); each grown trainable
         parameter must be in exactly one of them. Their state is padded as described in
         :mod:`lightning_grow.optim`. Empty: no optimizer is updated.
+    journal
+        When given, the commit's :class:`CommitSnapshot` is appended to it after success, so
+        that :func:`all_or_nothing` can undo this growth if a later one fails.
 
     Raises
     ------
     TypeError, ValueError
         On an unsupported layer, a shape mismatch or an optimizer that cannot be re-pointed;
         the model and the optimizers are then unchanged.
+    Exception
+        Whatever interrupts the commit is re-raised after the model and the optimizers were
+        rolled back to their state before the call.
     """
     with torch.no_grad():
         edits = _plan_pair(pair, neurons)
         growths = [growth for edit in edits for growth in edit.growths]
         replacement = prepare_replacement(optimizers, growths)
-        for edit in edits:
-            edit.apply()
-        replacement.apply()
+        snapshot = CommitSnapshot.take(edits, replacement)
+        try:
+            for edit in edits:
+                for assignment in edit.assignments():
+                    assignment()
+            for assignment in replacement.assignments():
+                assignment()
+        except BaseException:
+            snapshot.restore()
+            raise
+    if journal is not None:
+        journal.append(snapshot)

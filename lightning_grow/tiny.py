@@ -54,6 +54,19 @@ noise → exactly ``r`` in ≥ 90 %. Known conservatism: ``N_noise`` also carrie
 fluctuation ``E[ε x xᵀ] Bᵀ`` of a real signal ``B``, which ``λ_{r+1}`` does not (``N`` is
 whitened with the same empirical ``Sx``), so strong signals raise the floor; a ``Sx_noise``
 moment would let it be subtracted. ``noise_level`` in the result is the full threshold.
+
+Too few samples (:func:`enough_samples`)
+----------------------------------------
+The sign flips need independent samples to flip: with ``n = 1``, ``N_noise = ±N`` exactly, and
+with ``n = 2`` there are two sign patterns. For a linear pair each sample adds one rank-one term
+``x_i Ψ_iᵀ``, and while ``n ≤ rank(Sx)`` the whitened samples are orthogonal, so ``N`` and
+``N_noise`` have exactly the same singular values whatever the data: the correction (1) then
+lowers the floor below ``λ₁`` and noise is declared significant (null simulations with 6
+inputs: 100 % of pairs at ``n ≤ 2``, 33 % at ``n = 4``, 4 % at ``n = 8 > rank``, margin 1).
+Nothing is significant, then, unless ``n ≥ 2`` and, for linear pairs, ``n > rank(Sx)``. (A
+linear layer applied to tokens adds several rows per sample, so this bound is conservative
+there. Convolutions add a whole map per sample and are calibrated from ``n = 2`` on: 5 % at
+margin 1 for conv→conv, 16 % for conv→linear, the documented worst case.)
 """
 
 from __future__ import annotations
@@ -68,9 +81,12 @@ from torch import Tensor
 from lightning_grow.linalg import (
     DEFAULT_DAMPING,
     DEFAULT_EIG_CUTOFF,
+    SolveError,
+    eigh_psd,
     inverse_sqrt_psd,
     kept_spectrum,
     optimal_update,
+    svd,
     symmetrise,
     update_from_pseudo_inverse,
 )
@@ -80,8 +96,10 @@ __all__ = [
     "DEFAULT_SIGNIFICANCE_MARGIN",
     "GrowthCandidates",
     "Method",
+    "SolveError",
     "bottleneck_correlation",
     "compute_candidates",
+    "enough_samples",
     "inverse_sqrt_psd",
     "noise_multiplier",
     "optimal_update",
@@ -125,7 +143,8 @@ class GrowthCandidates:
         ``(K_max,)`` cumulative ``σ'(0) Σ_{k≤K} α_kᵀ Mx ω_k``: the linearised loss decrease of
         adding the method's first ``K`` neurons at amplitude 1 (without ``ΔW*``).
     num_significant
-        How many leading TINY λ are above the noise threshold.
+        How many leading TINY λ are above the noise threshold (0 when there are too few samples
+        for the test, :func:`enough_samples`).
     noise_level
         That threshold (same units as λ).
     """
@@ -241,7 +260,7 @@ def _significance_threshold(
     """
     if rank == 0 or noise_correlation.numel() == 0:
         return 0.0
-    d_x, slots, _ = P.shape
+    rows, slots = whitener.shape[0], P.shape[1]
     # A_j = F_j F_jᵀ. (I - A_j)^{1/2} = I - U_j (I - (I - Σ_j²)^{1/2}) U_jᵀ from the thin SVD
     # F_j = U_j Σ_j V_jᵀ, obtained from whichever Gram matrix is smaller: d_x × d_x (F Fᵀ) or
     # d_h × d_h (Fᵀ F). d_x is 4608 for a ResNet's 512-channel 3×3 conv; d_h is 385 for a
@@ -250,22 +269,42 @@ def _significance_threshold(
     # gives the same A_j as the symmetric root, one eigendecomposition and d_h³ FLOPs cheaper.
     factor = torch.einsum("ax,xji->jai", whitener, P) @ S_pinv_root
     if factor.shape[1] <= factor.shape[2]:
-        used, directions = torch.linalg.eigh(symmetrise(factor @ factor.transpose(1, 2)))
+        used, directions = eigh_psd(symmetrise(factor @ factor.transpose(1, 2)))
         # A ⪯ I holds exactly (S ⪰ Pᵀ Sx⁺ P); the clamp only absorbs round-off.
         used = used.clamp(0.0, 1.0)
     else:
-        used, basis = torch.linalg.eigh(symmetrise(factor.transpose(1, 2) @ factor))
+        used, basis = eigh_psd(symmetrise(factor.transpose(1, 2) @ factor))
         used = used.clamp(0.0, 1.0)
         keep = used > 1e-12 * float(used.max().clamp_min(1e-300))
         scale = keep / used.clamp_min(1e-300).sqrt()
         directions = factor @ basis * scale.unsqueeze(1)
         used = used * keep
     shrink = 1.0 - (1.0 - used).sqrt()
-    noise = (whitener @ noise_correlation).reshape(d_x, -1, slots).permute(2, 0, 1)
+    noise = (whitener @ noise_correlation).reshape(rows, -1, slots).permute(2, 0, 1)
     reference = noise - directions @ (shrink.unsqueeze(2) * (directions.transpose(1, 2) @ noise))
-    floor = float(torch.linalg.matrix_norm(reference.permute(1, 2, 0).reshape(d_x, -1), ord=2))
+    floor = float(svd(reference.permute(1, 2, 0).reshape(rows, -1))[1][0])
     spent = float(used.sum(dim=1).mean())
     return noise_multiplier(max(1.0, rank - spent), margin) * floor
+
+
+MIN_SAMPLES = 2
+
+
+def enough_samples(n: int, geometry: PairGeometry, *, rank: int) -> bool:
+    """Whether ``n`` samples can support the significance test (module docstring).
+
+    Parameters
+    ----------
+    n
+        Samples the moments cover.
+    geometry
+        The pair's shapes (linear pairs need ``n > rank``).
+    rank
+        Rank of ``Sx`` (kept eigenvalues).
+    """
+    if n < MIN_SAMPLES:
+        return False
+    return geometry.kind != "linear" or n > rank
 
 
 def noise_multiplier(effective_rank: float, margin: float) -> float:
@@ -292,13 +331,19 @@ def noise_multiplier(effective_rank: float, margin: float) -> float:
 def _tiny_neurons(
     whitener: Tensor, correlation: Tensor, count: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """TINY's λ (all of them), α ``(count, d_x)`` and ω ``(d_v·J, count)``."""
-    left, singular_values, right_t = torch.linalg.svd(whitener @ correlation, full_matrices=False)
+    """TINY's λ (all of them), α ``(count, d_x)`` and ω ``(d_v·J, count)``.
+
+    ``whitener`` is any ``(r, d_x)`` factor ``G`` with ``Gᵀ G = Sx⁺`` (``r = rank(Sx)``), e.g.
+    ``Sx^{-1/2}`` restricted to its range: another factor is ``Q G`` with ``Q`` orthogonal,
+    which rotates the left singular vectors ``u`` of ``G N`` by ``Q`` and leaves the λ, the
+    ``w`` and ``α = Gᵀ u √λ`` unchanged.
+    """
+    left, singular_values, right_t = svd(whitener @ correlation)
     right = right_t[:count].T
     signs = _canonical_signs(right)
     left, right = left[:, :count] * signs, right * signs
     scale = singular_values[:count].sqrt()
-    alpha = (whitener @ left * scale).T
+    alpha = (whitener.T @ left * scale).T
     omega = right * scale
     return singular_values, alpha, omega
 
@@ -311,7 +356,7 @@ def _gradmax_neurons(Mx: Tensor, count: int) -> tuple[Tensor, Tensor]:
     the singular values of ``Mx``), which gives ``ω`` the units of TINY's ``ω``; the amplitude
     search rescales them anyway.
     """
-    _, singular_values, right_t = torch.linalg.svd(Mx, full_matrices=False)
+    _, singular_values, right_t = svd(Mx)
     right = right_t[:count].T
     right = right * _canonical_signs(right)
     omega = right * singular_values[:count].sqrt()
@@ -373,6 +418,12 @@ def compute_candidates(
     Returns
     -------
     GrowthCandidates
+
+    Raises
+    ------
+    SolveError
+        When a moment is not finite or cannot be decomposed even after the retries of
+        :mod:`lightning_grow.linalg` (the caller can skip this pair).
     """
     if method not in ("tiny", "gradmax", "random"):
         raise ValueError(f"method must be 'tiny', 'gradmax' or 'random', got {method!r}")
@@ -392,7 +443,8 @@ def compute_candidates(
     explained = float(torch.einsum("ci,ij,cj->", delta_w, symmetrise(moments.S), delta_w))
     bottleneck = max(0.0, v_sq - 2.0 * update_decrease + explained)
 
-    whitener = (Sx_vectors * Sx_values.rsqrt()) @ Sx_vectors.T
+    # G = diag(values^{-1/2}) Vᵀ: Gᵀ G = Sx⁺ (see _tiny_neurons for why any such factor works).
+    whitener = (Sx_vectors * Sx_values.rsqrt()).T
     correlation = bottleneck_correlation(moments.Mx, moments.P, delta_w)
     singular_values, alpha, omega = _tiny_neurons(whitener, correlation, count)
     singular_values = singular_values[:count]
@@ -426,6 +478,8 @@ def compute_candidates(
     )
     noise_level *= math.sqrt(slots)  # on the scale of the reported λ
     num_significant = int((singular_values > noise_level).sum())  # λ are sorted: a prefix
+    if not enough_samples(moments.n, geometry, rank=Sx_values.numel()):
+        num_significant = 0
 
     return GrowthCandidates(
         method=method,

@@ -101,8 +101,9 @@ def test_floor_is_an_unbiased_noise_reference() -> None:
     """Under the null λ₁ / floor has median ≈ 1, also when ΔW* used up most directions of x.
 
     Without the (I - A)^{1/2} correction the floor overstates the noise (median ≈ 0.47 here);
-    without whitening it would follow the arbitrary input scales. The ridge on the widely
-    spread input scales makes the reference slightly conservative (median ≈ 0.87).
+    without whitening it would follow the arbitrary input scales. The ridge makes the reference
+    slightly conservative (median ≈ 0.96; 0.87 when the ridge was relative to the mean
+    eigenvalue instead of each input's own scale, which the widely spread scales here punish).
     """
     g = torch.Generator().manual_seed(11)
     ratios = []

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import numpy
 import pytest
 import torch
 from test_tiny_reference import DTYPE, linear_moments, with_bias
 
-from lightning_grow.linalg import inverse_sqrt_psd, optimal_update, pseudo_inverse_psd
+from lightning_grow.linalg import (
+    SolveError,
+    inverse_sqrt_psd,
+    optimal_update,
+    pseudo_inverse_psd,
+)
 from lightning_grow.moments import PairGeometry, PairMoments
 from lightning_grow.tiny import compute_candidates
 
@@ -42,17 +48,33 @@ def test_rank_deficient_update_is_the_minimum_norm_solution() -> None:
     assert delta_w[:, 3].abs().max() < 1e-12  # an always-zero feature gets no weight
 
 
-def test_damping_is_a_ridge_relative_to_the_mean_eigenvalue() -> None:
+def test_damping_is_a_ridge_relative_to_each_feature_second_moment() -> None:
     _, H, V = _regression_data(n=50, d_in=4, hidden=3, d_v=2, seed=2)
+    H = H * torch.tensor([1e3, 1e-2, 30.0, 1.0], dtype=DTYPE)  # features on unequal scales
     moments = linear_moments(H, H, V)
     damping = 0.05
     delta_w, _ = optimal_update(moments.S, moments.M, damping=damping)
-    ridge = damping * torch.trace(moments.S) / moments.S.shape[0]
-    # Ridge regression as ordinary least squares on data augmented with √(n ρ) I rows.
-    augmented_h = torch.cat([H, (50 * ridge).sqrt() * torch.eye(H.shape[1], dtype=DTYPE)])
+    ridge = damping * (H**2).mean(0)  # ρ_i = damping × E[h_i²]
+    # Ridge regression as ordinary least squares on data augmented with √(n ρ_i) e_i rows.
+    augmented_h = torch.cat([H, torch.diag((50 * ridge).sqrt())])
     augmented_v = torch.cat([V, torch.zeros(H.shape[1], V.shape[1], dtype=DTYPE)])
     solution = torch.linalg.lstsq(augmented_h, augmented_v).solution.T
     torch.testing.assert_close(delta_w, solution, rtol=1e-9, atol=1e-11)
+
+
+def test_regularised_update_does_not_depend_on_feature_units() -> None:
+    """Rescaling a feature by c rescales its weight by 1/c and changes nothing else."""
+    _, H, V = _regression_data(n=50, d_in=4, hidden=3, d_v=2, seed=3)
+    scales = torch.tensor([1e4, 1e-3, 1e6, 1.0], dtype=DTYPE)
+    reference, reference_decrease = optimal_update(*_s_and_m(H, V))
+    scaled, scaled_decrease = optimal_update(*_s_and_m(H * scales, V))
+    torch.testing.assert_close(scaled * scales, reference, rtol=1e-7, atol=1e-10)
+    assert abs(scaled_decrease - reference_decrease) < 1e-9 * abs(reference_decrease)
+
+
+def _s_and_m(H: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    moments = linear_moments(H, H, V)
+    return moments.S, moments.M
 
 
 def test_inverse_square_root_whitens_on_the_kept_range() -> None:
@@ -61,11 +83,33 @@ def test_inverse_square_root_whitens_on_the_kept_range() -> None:
     matrix = (factor @ factor.T).to(torch.float32)  # rank 4, float32 round-off
     root = inverse_sqrt_psd(matrix, eig_cutoff=1e-6)
     assert root.dtype == DTYPE
-    projector = root @ matrix.to(DTYPE) @ root
-    basis = torch.linalg.svd(factor, full_matrices=False).U
-    torch.testing.assert_close(projector, basis @ basis.T, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(root, root.T)
+    exact = matrix.to(DTYPE)
+    projector = root @ exact @ root
+    # An orthogonal projector of rank 4: symmetric, idempotent, trace 4.
+    torch.testing.assert_close(projector @ projector, projector, rtol=1e-5, atol=1e-5)
+    assert abs(float(torch.trace(projector)) - 4.0) < 1e-5
     inverse = pseudo_inverse_psd(matrix, eig_cutoff=1e-6)
     torch.testing.assert_close(inverse, root @ root, rtol=1e-9, atol=1e-9)
+    # A reflexive generalised inverse of the matrix: A G A = A and G A G = G.
+    scale = float(exact.abs().max())
+    torch.testing.assert_close(exact @ inverse @ exact / scale, exact / scale, atol=1e-5, rtol=0)
+    torch.testing.assert_close(inverse @ exact @ inverse, inverse, rtol=1e-5, atol=1e-5)
+
+
+def test_inverse_square_root_of_an_invertible_matrix_is_the_usual_one() -> None:
+    g = torch.Generator().manual_seed(4)
+    factor = torch.randn(5, 5, generator=g, dtype=DTYPE)
+    matrix = factor @ factor.T + 0.5 * torch.eye(5, dtype=DTYPE)
+    values, vectors = np_eigh(matrix)
+    expected = (vectors / values.sqrt()) @ vectors.T
+    torch.testing.assert_close(inverse_sqrt_psd(matrix), expected, rtol=1e-9, atol=1e-10)
+
+
+def np_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """numpy's LAPACK eigendecomposition: a reference independent of torch.linalg."""
+    values, vectors = numpy.linalg.eigh(matrix.numpy())
+    return torch.from_numpy(values), torch.from_numpy(vectors)
 
 
 def test_asymmetric_round_off_is_symmetrised() -> None:
@@ -81,7 +125,9 @@ def test_asymmetric_round_off_is_symmetrised() -> None:
 def test_non_finite_moments_are_rejected() -> None:
     matrix = torch.eye(3, dtype=DTYPE)
     matrix[0, 1] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(SolveError, match=r"NaN.*\(3, 3\)|\(3, 3\).*NaN"):
+        pseudo_inverse_psd(matrix)
+    with pytest.raises(ValueError):  # SolveError is also a ValueError, as the former error was
         pseudo_inverse_psd(matrix)
 
 
