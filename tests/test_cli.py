@@ -317,6 +317,8 @@ def test_resumed_fit_summary_reports_its_own_growth(workdir, capsys):
     settings = yaml.safe_load(Path(config("digits_mlp")).read_text())
     (growth,) = [c for c in settings["trainer"]["callbacks"] if "Growth" in c["class_path"]]
     growth["init_args"]["stop_fraction"] = 1.0
+    # No time budget: decisions that do not depend on how busy the machine is.
+    growth["init_args"]["compute_budget"] = None
     (workdir / "grow_to_the_end.yaml").write_text(yaml.safe_dump(settings))
     common = ["--config", "grow_to_the_end.yaml", "--trainer.logger", CSV_ONLY]
     common += ["--trainer.enable_checkpointing", "true", "--summary_test", "false"]
