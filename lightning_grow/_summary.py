@@ -47,7 +47,7 @@ PLOT_FILENAME = "growth.png"
 
 def find_growth_callback(trainer: pl.Trainer) -> GrowthCallback | None:
     """The first :class:`GrowthCallback` among the trainer's callbacks, if any."""
-    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+    for callback in trainer.callbacks:
         if isinstance(callback, GrowthCallback):
             return callback
     return None
@@ -313,7 +313,7 @@ def format_summary(summary: FitSummary) -> str:
         if values:
             cells = _metric_cells(values, stage)
             if stage == "test" and summary.test_is_validation:
-                cells += "  (the validation images)"
+                cells += "  (same images as validation)"
             rows.append((_STAGE_LABELS[stage], cells))
         elif stage in summary.notes:
             rows.append((_STAGE_LABELS[stage], summary.notes[stage]))
@@ -329,7 +329,8 @@ def format_summary(summary: FitSummary) -> str:
         if label not in EVALUATION_STAGES:
             rows.append((label, note))
     width = max(len(label) for label, _ in rows) if rows else 0
-    title = f"Summary after {summary.epochs} epochs ({summary.steps:,} steps)"
+    epochs = f"{summary.epochs} epoch{'s' if summary.epochs != 1 else ''}"
+    title = f"Summary after {epochs} ({summary.steps:,} steps)"
     return "\n".join([title, *(f"  {label.ljust(width)}  {text}" for label, text in rows)])
 
 
