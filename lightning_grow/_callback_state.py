@@ -97,9 +97,10 @@ class GrowthStateMixin:
         self.schedule.window_steps = max(
             1, math.ceil(self.plan.window_steps[self._group] / self._accumulate)
         )
-        if warn and trainer.is_global_zero and stop_step is not None and stop_step > trainer.global_step:
+        left = None if stop_step is None else stop_step - trainer.global_step
+        if warn and trainer.is_global_zero and left is not None and left > 0:
             hold = self.schedule.hold_steps
-            _warn_if_undecidable(self.plan, stop_step - trainer.global_step, self._accumulate, hold)
+            _warn_if_undecidable(self.plan, left, self._accumulate, hold)
 
     def _next_windows(
         self: GrowthCallback,
