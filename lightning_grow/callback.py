@@ -375,7 +375,9 @@ class GrowthCallback(GrowthStateMixin, Callback):
         surgery_seconds = time.perf_counter() - started
 
         events = [GrowthEvent.from_dict(record) for record in payload["events"]]
+        total = self.total_parameters  # counted after surgery: exact when neighbours both grew
         for event in events:
+            event.total_parameters = total
             event.timings["surgery"] = surgery_seconds / max(len(events), 1)
             for phase, seconds in event.timings.items():
                 self.timings[phase] += seconds

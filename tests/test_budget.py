@@ -256,3 +256,40 @@ def test_pairs_that_cannot_be_decided_in_time_are_named() -> None:
     with pytest.warns(UserWarning, match=r"1 of 1 pairs cannot be decided before growth stops"):
         _fit(callback, _Regression(), _loader(), 24)
     assert callback.history == []
+
+
+def test_events_count_the_parameters_between_neighbours_that_grow_together() -> None:
+    class TwoPairs(_Regression):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Linear(6, 2), nn.Tanh(), nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 2)
+            )
+
+    counts: dict[int, int] = {}
+
+    class Count(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            counts[trainer.global_step] = sum(p.numel() for p in pl_module.net.parameters())
+
+    pl.seed_everything(0, verbose=False)
+    module = TwoPairs()
+    callback = permissive_callback()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=40,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback, Count()],
+    )
+    trainer.fit(module, _loader())
+    together = [
+        step
+        for step in {event.step for event in callback.history}
+        if sum(e.accepted for e in callback.history if e.step == step) == 2
+    ]
+    assert together, "both pairs never grew at the same decision"
+    for event in callback.history:
+        assert event.total_parameters == counts[event.step], event
