@@ -135,7 +135,9 @@ def _loader(samples: int = 512) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=32)
 
 
-def _fit(callback: GrowthCallback, module: pl.LightningModule, loader, steps: int) -> None:
+def _fit(
+    callback: GrowthCallback, module: pl.LightningModule, loader, steps: int, *others: pl.Callback
+) -> None:
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=steps,
@@ -143,7 +145,7 @@ def _fit(callback: GrowthCallback, module: pl.LightningModule, loader, steps: in
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[callback],
+        callbacks=[callback, *others],
     )
     trainer.fit(module, loader)
 
@@ -228,16 +230,7 @@ def test_the_budget_is_honoured_on_a_conv_network() -> None:
                     statistics.num_samples,
                 )
 
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=16,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback, Inspect()],
-    )
-    trainer.fit(module, loader)
+    _fit(callback, module, loader, 16, Inspect())
     plan = callback.plan
     assert plan is not None and seen
     for name, (images, positions, collected) in seen.items():
@@ -275,16 +268,7 @@ def test_events_count_the_parameters_between_neighbours_that_grow_together() -> 
     pl.seed_everything(0, verbose=False)
     module = TwoPairs()
     callback = permissive_callback()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=40,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback, Count()],
-    )
-    trainer.fit(module, _loader())
+    _fit(callback, module, _loader(), 40, Count())
     together = [
         step
         for step in {event.step for event in callback.history}
