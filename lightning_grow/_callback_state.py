@@ -9,6 +9,7 @@ restoration on resume.
 from __future__ import annotations
 
 import math
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
@@ -146,7 +147,8 @@ class GrowthStateMixin:
             loss_reduction=self.loss_reduction,
             images_per_batch=sampling.images_per_batch if sampling else None,
             positions=sampling.positions if sampling else None,
-            seed=self.config.seed + 7919 * len(self.history) + hash(pair.name) % 7919,
+            # crc32, not hash(): str hashes change from process to process.
+            seed=self.config.seed + 7919 * len(self.history) + zlib.crc32(pair.name.encode()),
         )
 
     def _follow_plan(self: GrowthCallback, plan: StatisticsPlan) -> None:
