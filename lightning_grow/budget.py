@@ -254,11 +254,12 @@ def plan_statistics(
     groups: list[list[PairCost]] = [[]]
     for cost in costs:
         candidate = [*groups[-1], cost]
-        # Split only windows that the budget stretches: one that is long for want of data
-        # would be just as long for each pair alone.
+        # A pair joins the current group unless it would stretch the group's window beyond
+        # both the cap and what the group needed already (pairs of one stage need about the
+        # same window: they stay together; a wider stage does not hold a narrower one back).
         limit = None
         if max_window_steps is not None and len(candidate) > 1:
-            limit = max(max_window_steps, _window(candidate, per_step, math.inf))
+            limit = max(max_window_steps, _window(groups[-1], per_step, allowance))
         if limit is not None and _window(candidate, per_step, allowance) > limit:
             groups.append([cost])
         else:
