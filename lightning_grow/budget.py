@@ -130,13 +130,6 @@ class StatisticsPlan:
             for name in names
         )
 
-    def group_of(self, name: str) -> int:
-        """Index of the group that collects pair ``name``."""
-        for index, group in enumerate(self.groups):
-            if name in group:
-                return index
-        raise KeyError(name)
-
 
 def pair_cost(
     name: str,
