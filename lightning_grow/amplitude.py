@@ -208,6 +208,7 @@ def search_amplitude(
     gamma_min: float = 2.0**-12,
     gamma_max: float = 64.0,
     start: float = 1.0,
+    required_loss: float | None = None,
 ) -> AmplitudeResult:
     """Line search of the signed amplitude on a doubling grid, keeping the best loss.
 
@@ -217,6 +218,13 @@ def search_amplitude(
     only when the positive one finds no improvement (first-order theory makes ``+`` the descent
     direction). Non-finite losses count as worse. The amplitude is 0.0 only when nothing beat
     ``loss_before``.
+
+    ``required_loss`` (the loss a candidate must reach to be accepted) prunes hopeless walks
+    down: with ``L`` convex in ``γ``, once ``L(γ/2) < L(γ)`` every smaller amplitude has
+    ``L ≥ 2 L(γ/2) − L(γ)`` (the chord through both points extended towards 0). When that bound
+    is already above ``required_loss``, the walk stops: it could not change the decision, and on
+    a large network each evaluation is a forward pass over the held batches (a rejected pair
+    walked 12 halvings per sign, ~28 evaluations, where the bound stops it after ~4).
     """
     evaluations = 0
 
@@ -231,12 +239,16 @@ def search_amplitude(
         loss = evaluate(sign * gamma)
         up = evaluate(sign * gamma * 2.0) if gamma * 2.0 <= gamma_max else math.inf
         step = 2.0 if up < loss else 0.5
+        previous = up  # the loss one grid point further from 0 than `gamma` (walking down)
         if up < loss:
             gamma, loss = gamma * 2.0, up
         while gamma_min <= gamma * step <= gamma_max:
+            if step < 1.0 and required_loss is not None and 2.0 * loss - previous > required_loss:
+                break  # no smaller amplitude can reach the required loss (docstring)
             candidate = evaluate(sign * gamma * step)
             if candidate >= loss:
                 break
+            previous = loss
             gamma, loss = gamma * step, candidate
         if loss < loss_before:
             return AmplitudeResult(sign * gamma, loss_before, loss, evaluations)

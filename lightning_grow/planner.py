@@ -316,7 +316,14 @@ def _decide_pair(
             set_scale(amplitude)
             return evaluate()
 
-        result = search_amplitude(loss_at, loss_before, gamma_min=gamma_min, gamma_max=gamma_max)
+        required = loss_before - config.min_loss_decrease * max(abs(loss_before), 1e-12)
+        result = search_amplitude(
+            loss_at,
+            loss_before,
+            gamma_min=gamma_min,
+            gamma_max=gamma_max,
+            required_loss=required,
+        )
     decrease = (loss_before - result.loss_after) / max(abs(loss_before), 1e-12)
     if result.amplitude == 0.0 or decrease < config.min_loss_decrease:
         return None, 0.0, loss_before, result.loss_after, "no loss decrease"

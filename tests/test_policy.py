@@ -172,6 +172,43 @@ def test_line_search_starts_at_the_first_order_scale_and_needs_few_evaluations()
     assert all(amplitude > 0 for amplitude in calls)  # the descent sign succeeded: no + / - sweep
 
 
+def test_line_search_pruning_never_changes_whether_the_required_loss_is_reached() -> None:
+    """Convex losses: pruned walks accept exactly when some grid amplitude reaches the bar."""
+    generator = torch.Generator().manual_seed(0)
+    grid = [sign * 2.0**k for k in range(-12, 7) for sign in (1, -1)]
+    saved = 0
+    for _ in range(500):
+        slope, curvature = (torch.randn(2, generator=generator, dtype=torch.float64)).tolist()
+        curvature = abs(curvature) * 10.0 ** float(torch.randint(-3, 3, (1,), generator=generator))
+
+        def loss(amplitude: float, a: float = slope, b: float = curvature) -> float:
+            return 1.0 + a * amplitude + b * amplitude**2
+
+        required = 1.0 - 1e-3
+        pruned = search_amplitude(loss, 1.0, required_loss=required)
+        full = search_amplitude(loss, 1.0)
+        reachable = min(loss(gamma) for gamma in grid) <= required
+        assert (pruned.loss_after <= required) == reachable
+        if pruned.loss_after <= required:
+            assert pruned.amplitude == full.amplitude or full.loss_after > required
+        saved += full.evaluations - pruned.evaluations
+    assert saved > 0
+
+
+def test_line_search_stops_walking_down_when_the_bar_is_out_of_reach() -> None:
+    calls: list[float] = []
+
+    def loss(amplitude: float) -> float:  # no descent on either side: a pure bowl at 0
+        calls.append(amplitude)
+        return 1.0 + 0.5 * amplitude**2
+
+    result = search_amplitude(loss, 1.0, required_loss=1.0 - 1e-3)
+    assert result.amplitude == 0.0
+    # without the bar the walk visits 2^-12 on both signs (28 evaluations)
+    assert len(calls) <= 16
+    assert min(abs(amplitude) for amplitude in calls) >= 2.0**-6
+
+
 def test_patience_counts_only_exhausted_windows() -> None:
     schedule = GrowthSchedule(warmup_steps=0, window_steps=1, hold_steps=1, patience=2)
     schedule.advance(0)
