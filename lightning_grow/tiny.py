@@ -433,9 +433,20 @@ def compute_candidates(
     count = rank_limit if max_neurons is None else max(0, min(max_neurons, rank_limit))
 
     # One eigendecomposition per matrix: S gives S⁺ and its root, Sx the whitener and its rank.
-    S_vectors, S_values = kept_spectrum(moments.S, eig_cutoff=eig_cutoff, damping=damping)
+    # The bias entries come last in h and x (lightning_grow.moments).
+    S_vectors, S_values = kept_spectrum(
+        moments.S,
+        eig_cutoff=eig_cutoff,
+        damping=damping,
+        constant_features=[geometry.d_h - 1] if geometry.second_bias else [],
+    )
     S_pinv = (S_vectors / S_values) @ S_vectors.T
-    Sx_vectors, Sx_values = kept_spectrum(moments.Sx, eig_cutoff=eig_cutoff, damping=damping)
+    Sx_vectors, Sx_values = kept_spectrum(
+        moments.Sx,
+        eig_cutoff=eig_cutoff,
+        damping=damping,
+        constant_features=[geometry.d_x - 1] if geometry.first_bias else [],
+    )
     delta_w, update_decrease = update_from_pseudo_inverse(
         moments.M, S_pinv, max_update_norm=max_update_norm
     )

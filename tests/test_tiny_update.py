@@ -48,28 +48,61 @@ def test_rank_deficient_update_is_the_minimum_norm_solution() -> None:
     assert delta_w[:, 3].abs().max() < 1e-12  # an always-zero feature gets no weight
 
 
-def test_damping_is_a_ridge_relative_to_each_feature_second_moment() -> None:
+def _ridge_solution(H: torch.Tensor, V: torch.Tensor, ridge: torch.Tensor) -> torch.Tensor:
+    """Ridge regression as ordinary least squares on data augmented with √(n ρ_i) e_i rows."""
+    n = H.shape[0]
+    augmented_h = torch.cat([H, torch.diag((n * ridge).sqrt())])
+    augmented_v = torch.cat([V, torch.zeros(H.shape[1], V.shape[1], dtype=DTYPE)])
+    return torch.linalg.lstsq(augmented_h, augmented_v).solution.T
+
+
+def test_damping_is_a_ridge_on_the_common_scale_of_the_features() -> None:
     _, H, V = _regression_data(n=50, d_in=4, hidden=3, d_v=2, seed=2)
-    H = H * torch.tensor([1e3, 1e-2, 30.0, 1.0], dtype=DTYPE)  # features on unequal scales
+    # Unequal scales, none so small next to the mean that the eigenvalue cutoff drops it.
+    H = H * torch.tensor([1e2, 1e-1, 30.0, 1.0], dtype=DTYPE)
     moments = linear_moments(H, H, V)
     damping = 0.05
     delta_w, _ = optimal_update(moments.S, moments.M, damping=damping)
-    ridge = damping * (H**2).mean(0)  # ρ_i = damping × E[h_i²]
-    # Ridge regression as ordinary least squares on data augmented with √(n ρ_i) e_i rows.
-    augmented_h = torch.cat([H, torch.diag((50 * ridge).sqrt())])
-    augmented_v = torch.cat([V, torch.zeros(H.shape[1], V.shape[1], dtype=DTYPE)])
-    solution = torch.linalg.lstsq(augmented_h, augmented_v).solution.T
-    torch.testing.assert_close(delta_w, solution, rtol=1e-9, atol=1e-11)
+    ridge = damping * (H**2).mean(0).mean().expand(4)  # ρ_i = damping × mean_j E[h_j²]
+    torch.testing.assert_close(delta_w, _ridge_solution(H, V, ridge), rtol=1e-9, atol=1e-11)
 
 
-def test_regularised_update_does_not_depend_on_feature_units() -> None:
-    """Rescaling a feature by c rescales its weight by 1/c and changes nothing else."""
+@pytest.mark.parametrize(("scale", "own"), [(1e4, True), (1e-3, True), (3.0, False)])
+def test_a_bias_far_off_the_common_scale_is_damped_on_its_own(scale: float, own: bool) -> None:
+    _, H, V = _regression_data(n=50, d_in=4, hidden=3, d_v=2, seed=4)
+    H = torch.cat([H * scale, torch.ones(50, 1, dtype=DTYPE)], dim=1)  # bias entry last
+    moments = linear_moments(H, H, V)
+    damping = 0.05
+    delta_w, _ = optimal_update(moments.S, moments.M, damping=damping, constant_features=[4])
+    common = (H[:, :4] ** 2).mean()
+    ridge = torch.cat([common.expand(4), torch.ones(1, dtype=DTYPE) if own else common.view(1)])
+    expected = _ridge_solution(H, V, damping * ridge)
+    torch.testing.assert_close(delta_w, expected, rtol=1e-9, atol=1e-11)
+
+
+def test_regularised_update_does_not_depend_on_the_units_of_the_features() -> None:
+    """A common rescaling of the varying features by c rescales their weights by 1/c.
+
+    Far off the common scale the bias entry keeps its own scale, so its weight does not change;
+    rescaling the bias entry along with the features changes nothing in either regime.
+    """
     _, H, V = _regression_data(n=50, d_in=4, hidden=3, d_v=2, seed=3)
-    scales = torch.tensor([1e4, 1e-3, 1e6, 1.0], dtype=DTYPE)
-    reference, reference_decrease = optimal_update(*_s_and_m(H, V))
-    scaled, scaled_decrease = optimal_update(*_s_and_m(H * scales, V))
-    torch.testing.assert_close(scaled * scales, reference, rtol=1e-7, atol=1e-10)
-    assert abs(scaled_decrease - reference_decrease) < 1e-9 * abs(reference_decrease)
+    H = torch.cat([H, torch.ones(50, 1, dtype=DTYPE)], dim=1)
+
+    def solve(scales: torch.Tensor) -> tuple[torch.Tensor, float]:
+        delta_w, decrease = optimal_update(*_s_and_m(H * scales, V), constant_features=[4])
+        return delta_w * scales, decrease
+
+    for regime in ([1.0, 3.0, 0.2], [1e3, 1e5, 1e-4]):  # bias on / off the common scale
+        reference, reference_decrease = solve(torch.tensor([regime[0]] * 4 + [1.0], dtype=DTYPE))
+        for scale in regime[1:]:
+            for bias in (1.0, scale / regime[0]):
+                scales = torch.tensor([scale] * 4 + [bias], dtype=DTYPE)
+                if bias == 1.0 and regime[0] == 1.0:
+                    continue  # on the common scale the bias is damped by the features' scale
+                scaled, scaled_decrease = solve(scales)
+                torch.testing.assert_close(scaled, reference, rtol=1e-7, atol=1e-10)
+                assert abs(scaled_decrease - reference_decrease) < 1e-9 * abs(reference_decrease)
 
 
 def _s_and_m(H: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
