@@ -13,7 +13,7 @@ exception, which is then re-raised. :func:`all_or_nothing` extends this to sever
 at one decision.
 
 The lower-level ``plan_*`` functions return a :class:`ModuleEdit` that is applied later; they are
-what :func:`grow_pair` and :mod:`lightning_grow.checkpoint` are built from.
+what :func:`grow_pair` and :mod:`lightning_grow.surgery.checkpoint` are built from.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_grow.optim import OptimizerReplacement, ParameterGrowth, prepare_replacement
-from lightning_grow.topology import GrowablePair
+from lightning_grow.surgery.optim import OptimizerReplacement, ParameterGrowth, prepare_replacement
+from lightning_grow.topology.pairs import GrowablePair
 
 __all__ = [
     "CommitSnapshot",
@@ -92,7 +92,7 @@ class ModuleEdit:
     attributes
         Attribute name → new integer value (``out_features``, ``num_features``, ...).
     growths
-        The parameter replacements, for :func:`lightning_grow.optim.replace_parameters`.
+        The parameter replacements, for :func:`lightning_grow.surgery.optim.replace_parameters`.
     """
 
     module: nn.Module
@@ -459,7 +459,7 @@ def grow_pair(
     optimizers
         Optimizer(s) training the pair (e.g. ``trainer.optimizers``); each grown trainable
         parameter must be in exactly one of them. Their state is padded as described in
-        :mod:`lightning_grow.optim`. Empty: no optimizer is updated.
+        :mod:`lightning_grow.surgery.optim`. Empty: no optimizer is updated.
     journal
         When given, the commit's :class:`CommitSnapshot` is appended to it after success, so
         that :func:`all_or_nothing` can undo this growth if a later one fails.

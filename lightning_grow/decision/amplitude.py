@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_grow.surgery import NewNeurons
-from lightning_grow.topology import GrowablePair
+from lightning_grow.surgery.widen import NewNeurons
+from lightning_grow.topology.pairs import GrowablePair
 
 __all__ = [
     "AmplitudeResult",

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_grow.topology import GrowthConfigurationError
+from lightning_grow.topology.pairs import GrowthConfigurationError
 
 _INTEGERS = {
     # name: (smallest value, None allowed)

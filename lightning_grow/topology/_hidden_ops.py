@@ -3,7 +3,7 @@
 An op between ``first`` and ``second`` is allowed when applying it to the hidden tensor works
 unit by unit (so new units can be appended): BatchNorm, pointwise activations, dropout, identity
 and, for Conv2d → Linear only, a flatten from dimension 1. This module classifies one torch.fx
-node into such an op (or gives the reason it is not allowed); :mod:`lightning_grow.topology`
+node into such an op (or gives the reason it is not allowed); :mod:`lightning_grow.topology.pairs`
 walks the graph.
 """
 

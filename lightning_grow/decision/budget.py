@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_grow.moments import PairGeometry
+from lightning_grow.solver.moments import PairGeometry
 
 __all__ = [
     "PairCost",

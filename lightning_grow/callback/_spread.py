@@ -15,10 +15,10 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_grow.moments import PairMoments
-from lightning_grow.planner import GrowthConfig, Solved, solve_pairs
-from lightning_grow.tiny import GrowthCandidates
-from lightning_grow.topology import GrowablePair
+from lightning_grow.decision.planner import GrowthConfig, Solved, solve_pairs
+from lightning_grow.solver.moments import PairMoments
+from lightning_grow.solver.tiny import GrowthCandidates
+from lightning_grow.topology.pairs import GrowablePair
 
 __all__ = ["solve_spread"]
 

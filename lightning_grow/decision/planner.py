@@ -15,13 +15,18 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_grow.amplitude import inject, measure_activity, scale_neurons, search_amplitude
-from lightning_grow.events import GrowthEvent
-from lightning_grow.moments import PairMoments
-from lightning_grow.policy import PairDecision, select_growth
-from lightning_grow.surgery import NewNeurons
-from lightning_grow.tiny import GrowthCandidates, compute_candidates
-from lightning_grow.topology import GrowablePair
+from lightning_grow.decision.amplitude import (
+    inject,
+    measure_activity,
+    scale_neurons,
+    search_amplitude,
+)
+from lightning_grow.decision.policy import PairDecision, select_growth
+from lightning_grow.reporting.events import GrowthEvent
+from lightning_grow.solver.moments import PairMoments
+from lightning_grow.solver.tiny import GrowthCandidates, compute_candidates
+from lightning_grow.surgery.widen import NewNeurons
+from lightning_grow.topology.pairs import GrowablePair
 
 __all__ = ["GrowthConfig", "PlannedGrowth", "parameters_per_neuron", "plan_growth", "solve_pairs"]
 

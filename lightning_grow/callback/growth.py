@@ -13,11 +13,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 from torch import nn
 
-from lightning_grow._arguments import check_arguments, check_max_width_keys, check_network
-from lightning_grow._budget_keeper import BudgetKeeper
-from lightning_grow._callback_state import GrowthStateMixin
-from lightning_grow._discovery import PairSpec, discover_pairs
-from lightning_grow._lightning import (
+from lightning_grow.callback._arguments import check_arguments, check_max_width_keys, check_network
+from lightning_grow.callback._budget_keeper import BudgetKeeper
+from lightning_grow.callback._lightning import (
     LossFn,
     check_spawned_parent_can_reload,
     check_strategy,
@@ -28,12 +26,10 @@ from lightning_grow._lightning import (
     rewrap_ddp,
     settle_gloo_at_exit,
 )
-from lightning_grow._spread import solve_spread
-from lightning_grow.budget import StatisticsPlan
-from lightning_grow.checkpoint import enable_resize_on_load, warn_if_not_reloadable
-from lightning_grow.events import GrowthEvent, warn_no_samples
-from lightning_grow.logging import GrowthReporter
-from lightning_grow.planner import (
+from lightning_grow.callback._spread import solve_spread
+from lightning_grow.callback._state import GrowthStateMixin
+from lightning_grow.decision.budget import StatisticsPlan
+from lightning_grow.decision.planner import (
     GrowthConfig,
     Solved,
     fit_to_current_shapes,
@@ -41,10 +37,14 @@ from lightning_grow.planner import (
     plan_growth,
     to_payload,
 )
-from lightning_grow.policy import GrowthSchedule, Phase
-from lightning_grow.statistics import LazyMoments, PairStatistics, reduce_statistics
-from lightning_grow.surgery import NewNeurons, all_or_nothing, count_parameters, grow_pair
-from lightning_grow.topology import GrowablePair
+from lightning_grow.decision.policy import GrowthSchedule, Phase
+from lightning_grow.reporting.events import GrowthEvent, warn_no_samples
+from lightning_grow.reporting.loggers import GrowthReporter
+from lightning_grow.statistics.accumulator import LazyMoments, PairStatistics, reduce_statistics
+from lightning_grow.surgery.checkpoint import enable_resize_on_load, warn_if_not_reloadable
+from lightning_grow.surgery.widen import NewNeurons, all_or_nothing, count_parameters, grow_pair
+from lightning_grow.topology._discovery import PairSpec, discover_pairs
+from lightning_grow.topology.pairs import GrowablePair
 
 __all__ = ["GrowthCallback"]
 
@@ -126,8 +126,8 @@ class GrowthCallback(GrowthStateMixin, Callback):
         new neuron must realise.
     significance_margin
         How far above the sampling-noise floor a singular value must be to count as signal, in
-        standard deviations of the worst-case noise law (see ``lightning_grow.tiny``). 1.0 admits
-        at most ~16 % false positives per pair and decision in the worst case (far fewer for
+        standard deviations of the worst-case noise law (see ``lightning_grow.solver.tiny``). 1.0
+        admits at most ~16 % false positives per pair and decision in the worst case (far fewer for
         isotropic noise); each accepted neuron must still lower the held-out loss.
     max_neurons_per_event
         Cap on neurons per pair per decision. ``None``: the pair's current width (at most

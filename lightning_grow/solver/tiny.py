@@ -1,6 +1,6 @@
 """TINY math core: pair moments → best weight update, optimal new neurons, gains, significance.
 
-Pure float64 functions of one pair's :class:`~lightning_grow.moments.PairMoments` (layout and
+Pure float64 functions of one pair's :class:`~lightning_grow.solver.moments.PairMoments` (layout and
 notation in ``moments.py``, mathematics in MATH.md §3–§5); no module state, no Lightning.
 
 Pipeline (:func:`compute_candidates`)
@@ -78,7 +78,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_grow.linalg import (
+from lightning_grow.solver.linalg import (
     DEFAULT_DAMPING,
     DEFAULT_EIG_CUTOFF,
     SolveError,
@@ -90,7 +90,7 @@ from lightning_grow.linalg import (
     symmetrise,
     update_from_pseudo_inverse,
 )
-from lightning_grow.moments import PairGeometry, PairMoments
+from lightning_grow.solver.moments import PairGeometry, PairMoments
 
 __all__ = [
     "DEFAULT_SIGNIFICANCE_MARGIN",
@@ -406,7 +406,7 @@ def compute_candidates(
     activation_slope
         ``σ'(0)`` (one-sided) used in ``first_order_decrease``.
     damping, eig_cutoff
-        Regularisation of ``S⁺`` and ``Sx^{-1/2}`` (see :mod:`lightning_grow.linalg`).
+        Regularisation of ``S⁺`` and ``Sx^{-1/2}`` (see :mod:`lightning_grow.solver.linalg`).
     max_update_norm
         Frobenius cap on ``ΔW*`` (``None``: no cap).
     significance_margin
@@ -423,7 +423,7 @@ def compute_candidates(
     ------
     SolveError
         When a moment is not finite or cannot be decomposed even after the retries of
-        :mod:`lightning_grow.linalg` (the caller can skip this pair).
+        :mod:`lightning_grow.solver.linalg` (the caller can skip this pair).
     """
     if method not in ("tiny", "gradmax", "random"):
         raise ValueError(f"method must be 'tiny', 'gradmax' or 'random', got {method!r}")

@@ -1,8 +1,8 @@
 """Growth events to every attached Lightning logger, W&B extras and the console.
 
-:class:`GrowthReporter` is owned by :class:`~lightning_grow.callback.GrowthCallback`, which calls
-it at fit start, once per decision step and at fit end. The single source of what is reported is
-the :class:`~lightning_grow.events.GrowthEvent` record.
+:class:`GrowthReporter` is owned by :class:`~lightning_grow.callback.growth.GrowthCallback`, which
+calls it at fit start, once per decision step and at fit end. The single source of what is reported
+is the :class:`~lightning_grow.reporting.events.GrowthEvent` record.
 
 What goes where
 ---------------
@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_grow.console import (
+from lightning_grow.reporting.console import (
     architecture_rows,
     format_event_line,
     print_architecture,
     write_line,
 )
-from lightning_grow.events import GrowthEvent
+from lightning_grow.reporting.events import GrowthEvent
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

@@ -18,9 +18,9 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_grow._unfold import input_patches, reach_counts, through_second
-from lightning_grow.moments import PairGeometry
-from lightning_grow.topology import GrowablePair
+from lightning_grow.layers._unfold import input_patches, reach_counts, through_second
+from lightning_grow.solver.moments import PairGeometry
+from lightning_grow.topology.pairs import GrowablePair
 
 
 class SumLayout:

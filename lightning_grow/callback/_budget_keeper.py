@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_grow.budget import (
+from lightning_grow.decision.budget import (
     PairCost,
     StatisticsPlan,
     gemm_throughput,
@@ -36,7 +36,7 @@ from lightning_grow.budget import (
     pair_memory,
     plan_statistics,
 )
-from lightning_grow.topology import GrowablePair
+from lightning_grow.topology.pairs import GrowablePair
 
 __all__ = ["BudgetKeeper", "default_memory_budget"]
 

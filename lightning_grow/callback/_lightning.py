@@ -14,8 +14,8 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor, nn
 
-from lightning_grow.checkpoint import is_resize_on_load_enabled
-from lightning_grow.topology import GrowthConfigurationError
+from lightning_grow.surgery.checkpoint import is_resize_on_load_enabled
+from lightning_grow.topology.pairs import GrowthConfigurationError
 
 LossFn = Callable[["pl.LightningModule", Any], Tensor]
 

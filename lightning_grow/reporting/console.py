@@ -1,7 +1,8 @@
 """Human-readable growth output: one line per accepted event, a table of the final architecture.
 
-Formatting is kept apart from the Lightning side (:mod:`lightning_grow.logging`) so that it can be
-used on a bare history, e.g. ``print(format_architecture(...))`` after loading a checkpoint.
+Formatting is kept apart from the Lightning side (:mod:`lightning_grow.reporting.loggers`) so that
+it can be used on a bare history, e.g. ``print(format_architecture(...))`` after loading a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
-from lightning_grow.events import GrowthEvent
+from lightning_grow.reporting.events import GrowthEvent
 
 __all__ = [
     "ArchitectureRow",

@@ -1,7 +1,8 @@
 """Conv→conv moment sums from a random subset of output positions (the compute budget's estimator).
 
-The exact sums of :mod:`lightning_grow._moment_sums` cost ``d_x·J·(d_v + d_h)`` per output
-position and ``d_x²`` per hidden position: for a ResNet's 512-channel layer that is ~45 MFLOP a
+The exact sums of :mod:`lightning_grow.statistics._moment_sums` cost ``d_x·J·(d_v + d_h)`` per
+output position and ``d_x²`` per hidden position: for a ResNet's 512-channel layer that is ~45
+MFLOP a
 position, hundreds of times the training step of a narrow network. Here each image contributes
 ``k`` output positions ``q`` drawn uniformly without replacement from its ``L`` positions (and,
 for ``Sx``, ``k`` hidden positions ``p`` drawn from its ``Hh·Wh``), each weighted by ``L / k``
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_grow._unfold import conv_padding
+from lightning_grow.layers._unfold import conv_padding
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@
 is open, every training forward (grad enabled, modules in train mode) stores ``first``'s input
 ``x`` and ``second``'s input ``h`` in a closure attached to ``second``'s output ``z2``; when the
 gradient of ``z2`` arrives, the batch's contribution to the moments of
-:mod:`lightning_grow.moments` is added to float32 sums and the stored tensors are dropped. The
-gradient comes from a tensor hook on ``z2`` rather than a module backward hook, which breaks with
-``ReLU(inplace=True)``; a hook registered before an in-place op still receives the gradient of
+:mod:`lightning_grow.solver.moments` is added to float32 sums and the stored tensors are dropped.
+The gradient comes from a tensor hook on ``z2`` rather than a module backward hook, which breaks
+with ``ReLU(inplace=True)``; a hook registered before an in-place op still receives the gradient of
 the pre-modification value, i.e. of ``second``'s pre-activation.
 """
 
@@ -20,10 +20,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_grow._moment_sums import SumLayout, batch_sums
-from lightning_grow._sampled_sums import ConvIndex, conv_index, sampled_conv_sums
-from lightning_grow.moments import PairMoments
-from lightning_grow.topology import GrowablePair, GrowthConfigurationError, layer_problem
+from lightning_grow.solver.moments import PairMoments
+from lightning_grow.statistics._moment_sums import SumLayout, batch_sums
+from lightning_grow.statistics._sampled_sums import ConvIndex, conv_index, sampled_conv_sums
+from lightning_grow.topology.pairs import GrowablePair, GrowthConfigurationError, layer_problem
 
 __all__ = ["LazyMoments", "PairStatistics", "reduce_statistics"]
 
@@ -55,9 +55,9 @@ class PairStatistics:
         Accumulate only this many images of each batch, drawn at random (``None``: all). The
         moments stay per-image averages; ``num_samples`` counts the images used.
     positions
-        For conv→conv pairs: output positions drawn per image (and as many hidden positions for
-        ``Sx``), an unbiased estimate of the exact sums (:mod:`lightning_grow._sampled_sums`).
-        ``None``: every position.
+        For conv→conv pairs: output positions drawn per image (and as many hidden positions
+        for ``Sx``), an unbiased estimate of the exact sums
+        (:mod:`lightning_grow.statistics._sampled_sums`). ``None``: every position.
     seed
         Seed of the image and position draws.
 

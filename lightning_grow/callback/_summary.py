@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from lightning_grow.callback import GrowthCallback
+from lightning_grow.callback.growth import GrowthCallback
 
 __all__ = [
     "EVALUATION_STAGES",
@@ -161,7 +161,7 @@ def write_growth_plot(
         return None, "no GrowthCallback"
     if not growth.history:
         return None, "no growth decision yet"
-    from lightning_grow.plot import plot_growth
+    from lightning_grow.reporting.plot import plot_growth
 
     source: Any = growth.history
     csv_loggers = [logger for logger in trainer.loggers if isinstance(logger, CSVLogger)]

@@ -24,7 +24,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lightning_grow.tiny import GrowthCandidates
+    from lightning_grow.solver.tiny import GrowthCandidates
 
 __all__ = ["GrowthSchedule", "PairDecision", "Phase", "select_growth"]
 

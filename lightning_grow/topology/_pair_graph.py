@@ -1,8 +1,8 @@
 """Walking a torch.fx graph from a layer to the next one: the mechanics behind topology.py.
 
-Results are plain field dicts (``PairFields``) that :mod:`lightning_grow.topology` turns into
-:class:`~lightning_grow.topology.GrowablePair` records, or strings saying why a layer is not the
-``first`` layer of a pair.
+Results are plain field dicts (``PairFields``) that :mod:`lightning_grow.topology.pairs` turns into
+:class:`~lightning_grow.topology.pairs.GrowablePair` records, or strings saying why a layer is not
+the ``first`` layer of a pair.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 from torch import fx, nn
 
-from lightning_grow import _hidden_ops
-from lightning_grow._hidden_ops import BATCH_NORM_MODULES, HiddenOp
-from lightning_grow._unfold import conv_padding
+from lightning_grow.layers._unfold import conv_padding
+from lightning_grow.topology import _hidden_ops
+from lightning_grow.topology._hidden_ops import BATCH_NORM_MODULES, HiddenOp
 
 PairFields = dict[str, Any]
 

@@ -100,7 +100,7 @@ def warn_no_samples(statistics: Mapping[str, Any]) -> bool:
     Parameters
     ----------
     statistics
-        Pair name → its :class:`~lightning_grow.statistics.PairStatistics`.
+        Pair name → its :class:`~lightning_grow.statistics.accumulator.PairStatistics`.
 
     Returns
     -------

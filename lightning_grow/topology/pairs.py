@@ -17,9 +17,10 @@ from typing import Any, Union
 
 from torch import Tensor, fx, nn
 
-from lightning_grow import _hidden_ops
-from lightning_grow._hidden_ops import ACTIVATION_MODULES, SUPPORTED_OPS, flatten_batch
-from lightning_grow._pair_graph import (
+from lightning_grow.solver.moments import PairGeometry, PairKind
+from lightning_grow.topology import _hidden_ops
+from lightning_grow.topology._hidden_ops import ACTIVATION_MODULES, SUPPORTED_OPS, flatten_batch
+from lightning_grow.topology._pair_graph import (
     PairTracer,
     batch_norm_problem,
     index_graph,
@@ -28,7 +29,6 @@ from lightning_grow._pair_graph import (
     walk,
     width_problem,
 )
-from lightning_grow.moments import PairGeometry, PairKind
 
 __all__ = [
     "GrowablePair",
@@ -115,7 +115,7 @@ class GrowablePair:
         return self.first.out_features
 
     def geometry(self) -> PairGeometry:
-        """The :class:`~lightning_grow.moments.PairGeometry` of the pair as it is now."""
+        """The :class:`~lightning_grow.solver.moments.PairGeometry` of the pair as it is now."""
         first, second, hidden = self.first, self.second, self.width
         if isinstance(first, nn.Conv2d):
             kh, kw = first.kernel_size

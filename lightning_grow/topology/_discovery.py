@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
-from lightning_grow.topology import (
+from lightning_grow.topology.pairs import (
     GrowablePair,
     GrowthConfigurationError,
     find_growable_pairs,

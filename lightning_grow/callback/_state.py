@@ -17,16 +17,16 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 
-from lightning_grow.budget import StatisticsPlan
-from lightning_grow.checkpoint import in_flight_state
-from lightning_grow.events import GrowthEvent
-from lightning_grow.planner import moment_dimension
-from lightning_grow.policy import GrowthSchedule
-from lightning_grow.statistics import PairStatistics
-from lightning_grow.topology import GrowablePair
+from lightning_grow.decision.budget import StatisticsPlan
+from lightning_grow.decision.planner import moment_dimension
+from lightning_grow.decision.policy import GrowthSchedule
+from lightning_grow.reporting.events import GrowthEvent
+from lightning_grow.statistics.accumulator import PairStatistics
+from lightning_grow.surgery.checkpoint import in_flight_state
+from lightning_grow.topology.pairs import GrowablePair
 
 if TYPE_CHECKING:
-    from lightning_grow.callback import GrowthCallback
+    from lightning_grow.callback.growth import GrowthCallback
 
 __all__ = ["GrowthStateMixin"]
 

@@ -1,0 +1,1 @@
+"""What the package knows about each layer type, in one place per type."""
