@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from lightning_grow.solver.method import Method
 from lightning_grow.topology.pairs import GrowthConfigurationError
 
 _INTEGERS = {
@@ -113,10 +114,7 @@ def check_arguments(arguments: dict[str, Any]) -> None:
     ValueError
         For a value out of range (``significance_margin=-1``, ``gain_threshold=nan``).
     """
-    if arguments["method"] not in ("tiny", "gradmax", "random"):
-        raise ValueError(
-            f"method must be 'tiny', 'gradmax' or 'random', got {arguments['method']!r}"
-        )
+    Method.parse(arguments["method"], "method")
     if arguments["loss_reduction"] not in ("mean", "sum"):
         raise ValueError(
             f"loss_reduction must be 'mean' or 'sum', got {arguments['loss_reduction']!r}"

@@ -18,11 +18,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 
 from lightning_grow.decision.budget import StatisticsPlan
-from lightning_grow.decision.planner import moment_dimension
 from lightning_grow.decision.policy import GrowthSchedule
 from lightning_grow.reporting.events import GrowthEvent
 from lightning_grow.statistics.accumulator import PairStatistics
 from lightning_grow.surgery.checkpoint import in_flight_state
+from lightning_grow.topology.facts import moment_dimension
 from lightning_grow.topology.pairs import GrowablePair
 
 if TYPE_CHECKING:

@@ -28,23 +28,29 @@ from lightning_grow.callback._lightning import (
 )
 from lightning_grow.callback._spread import solve_spread
 from lightning_grow.callback._state import GrowthStateMixin
-from lightning_grow.decision.budget import StatisticsPlan
-from lightning_grow.decision.planner import (
-    GrowthConfig,
-    Solved,
+from lightning_grow.callback._transport import (
+    DecisionPayload,
+    GrowthPayload,
     fit_to_current_shapes,
-    pair_parameters,
-    plan_growth,
     to_payload,
 )
+from lightning_grow.decision.budget import StatisticsPlan
+from lightning_grow.decision.planner import GrowthConfig, Solved, plan_growth
 from lightning_grow.decision.policy import GrowthSchedule, Phase
-from lightning_grow.reporting.events import GrowthEvent, warn_no_samples
+from lightning_grow.reporting.events import (
+    GrowthEvent,
+    TimingPhase,
+    warn_no_samples,
+    zero_timings,
+)
 from lightning_grow.reporting.loggers import GrowthReporter
+from lightning_grow.solver.method import MethodName
 from lightning_grow.statistics.accumulator import LazyMoments, PairStatistics, reduce_statistics
 from lightning_grow.surgery.checkpoint import enable_resize_on_load, warn_if_not_reloadable
 from lightning_grow.surgery.widen import NewNeurons, all_or_nothing, count_parameters, grow_pair
-from lightning_grow.topology._discovery import PairSpec, discover_pairs
-from lightning_grow.topology.pairs import GrowablePair
+from lightning_grow.topology._discovery import discover_pairs
+from lightning_grow.topology.facts import pair_parameters
+from lightning_grow.topology.pairs import GrowablePair, PairName
 
 __all__ = ["GrowthCallback"]
 
@@ -163,9 +169,9 @@ class GrowthCallback(GrowthStateMixin, Callback):
     def __init__(
         self,
         *,
-        pairs: str | Sequence[PairSpec] | Callable[[GrowablePair], bool] = "auto",
+        pairs: str | Sequence[PairName] | Callable[[GrowablePair], bool] = "auto",
         network: str | None = None,
-        method: Literal["tiny", "gradmax", "random"] = "tiny",
+        method: MethodName = "tiny",
         warmup_steps: int = 0,
         statistics_samples: int | None = None,
         compute_budget: float | None = 0.1,
@@ -225,9 +231,7 @@ class GrowthCallback(GrowthStateMixin, Callback):
         self.network: nn.Module | None = None
         self.history: list[GrowthEvent] = []
         self.initial_widths: dict[str, int] = {}
-        self.timings: dict[str, float] = dict.fromkeys(
-            ("statistics", "solve", "search", "surgery"), 0.0
-        )
+        self.timings: dict[str, float] = zero_timings()
         self.schedule: GrowthSchedule | None = None
         self._statistics: dict[str, PairStatistics] = {}
         self._extensions: dict[str, int] = {}
@@ -339,7 +343,7 @@ class GrowthCallback(GrowthStateMixin, Callback):
             s.elapsed_seconds = 0.0
         statistics_seconds = time.perf_counter() - started + hook_seconds
 
-        payload: dict[str, Any] | None = None
+        payload: DecisionPayload | None = None
         failure: Exception | None = None
         solved = None
         if trainer.world_size > 1 and self.spread_solves:
@@ -359,39 +363,40 @@ class GrowthCallback(GrowthStateMixin, Callback):
                 replanned = self.budget.recalibrate(
                     self.plan, self._group, hook_seconds, self._growing[0].first.weight.device
                 )
-                payload["plan"] = None if replanned is None else replanned.to_dict()
+                payload.plan = None if replanned is None else replanned.to_dict()
             except Exception as error:
                 # Every rank waits in the broadcast below: send the failure, raise everywhere.
-                payload, failure = {"error": f"{type(error).__name__}: {error}"}, error
+                payload = DecisionPayload(error=f"{type(error).__name__}: {error}")
+                failure = error
         payload = trainer.strategy.broadcast(payload, src=0)
-        if "error" in payload:
+        if payload.error is not None:
             if failure is not None:
                 raise failure
-            raise RuntimeError(f"GrowthCallback decision failed on rank 0: {payload['error']}")
+            raise RuntimeError(f"GrowthCallback decision failed on rank 0: {payload.error}")
 
         geometries = {pair.name: pair.geometry() for pair in self.pairs}
         started = time.perf_counter()
-        self._apply(trainer, payload["growth"])
+        self._apply(trainer, payload.growth)
         surgery_seconds = time.perf_counter() - started
 
-        events = [GrowthEvent.from_dict(record) for record in payload["events"]]
+        events = [GrowthEvent.from_dict(record) for record in payload.events]
         total = self.total_parameters  # counted after surgery: exact when neighbours both grew
         for event in events:
             event.total_parameters = total
-            event.timings["surgery"] = surgery_seconds / max(len(events), 1)
+            event.timings[TimingPhase.SURGERY.value] = surgery_seconds / max(len(events), 1)
             for phase, seconds in event.timings.items():
                 self.timings[phase] += seconds
         self.history.extend(events)
         extending = self._next_windows(trainer, geometries, events)
         self._held = []
-        if payload.get("plan") is not None:
-            self._follow_plan(StatisticsPlan.from_dict(payload["plan"]))
+        if payload.plan is not None:
+            self._follow_plan(StatisticsPlan.from_dict(payload.plan))
         self._next_group()
         self.schedule.decided(
             trainer.global_step,
-            any_significant=payload["any_significant"],
+            any_significant=payload.any_significant,
             count_idle=not extending,
-            wait=payload["wait"],
+            wait=payload.wait,
         )
         self.reporter.on_decision(trainer, events, self.widths, self.total_parameters)
 
@@ -401,7 +406,7 @@ class GrowthCallback(GrowthStateMixin, Callback):
         pl_module: pl.LightningModule,
         statistics_seconds: float,
         solved: Solved | None,
-    ) -> dict[str, Any]:
+    ) -> DecisionPayload:
         assert self.schedule is not None
         # A window whose batches all had non-finite gradients (e.g. early fp16 AMP steps) has no
         # samples: such pairs sit this decision out.
@@ -442,17 +447,17 @@ class GrowthCallback(GrowthStateMixin, Callback):
         # Solves (d³) and searches (forward passes on held batches) are paced where statistics
         # are subsampled, i.e. where the network is expensive. Small networks, whose decisions
         # cost milliseconds of overhead, are not: pacing would only slow their growth.
-        phases = ("solve", "search") if self.plan.subsampled(serving) else ()
-        paced = sum(event.timings[phase] for event in events for phase in phases)
+        phases = (TimingPhase.SOLVE, TimingPhase.SEARCH) if self.plan.subsampled(serving) else ()
+        paced = sum(event.timings[phase.value] for event in events for phase in phases)
         steps = self.budget.step_seconds * trainer.accumulate_grad_batches
-        return {
-            "growth": [to_payload(item) for item in planned],
-            "events": [event.to_dict() for event in events],
-            "any_significant": any_significant,
-            "wait": self.budget.pacing_wait(paced, steps),
-        }
+        return DecisionPayload(
+            growth=[to_payload(item) for item in planned],
+            events=[event.to_dict() for event in events],
+            any_significant=any_significant,
+            wait=self.budget.pacing_wait(paced, steps),
+        )
 
-    def _apply(self, trainer: pl.Trainer, growth: list[tuple[str, dict[str, Any]]]) -> set[str]:
+    def _apply(self, trainer: pl.Trainer, growth: list[GrowthPayload]) -> set[str]:
         """Install the planned neurons on this rank; return the names of the grown pairs."""
         by_name = {pair.name: pair for pair in self.pairs}
         grown: set[str] = set()

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,22 +22,22 @@ from lightning_grow.decision.amplitude import (
     search_amplitude,
 )
 from lightning_grow.decision.policy import PairDecision, select_growth
-from lightning_grow.reporting.events import GrowthEvent
+from lightning_grow.reporting.events import GrowthEvent, Reason, TimingPhase, zero_timings
+from lightning_grow.solver.method import Method
 from lightning_grow.solver.moments import PairMoments
 from lightning_grow.solver.tiny import GrowthCandidates, compute_candidates
 from lightning_grow.surgery.widen import NewNeurons
+from lightning_grow.topology.facts import parameters_per_neuron
 from lightning_grow.topology.pairs import GrowablePair
 
-__all__ = ["GrowthConfig", "PlannedGrowth", "parameters_per_neuron", "plan_growth", "solve_pairs"]
-
-Method = Literal["tiny", "gradmax", "random"]
+__all__ = ["GrowthConfig", "PairOutcome", "PlannedGrowth", "plan_growth", "solve_pairs"]
 
 
 @dataclass
 class GrowthConfig:
     """Decision parameters shared by every pair (documented on :class:`GrowthCallback`)."""
 
-    method: Method = "tiny"
+    method: Method = Method.TINY
     gain_threshold: float = 0.001
     max_neurons_per_event: int | None = None
     max_width: int | Mapping[str, int] | None = None
@@ -48,6 +48,9 @@ class GrowthConfig:
     seed: int = 0
     solver_options: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.method = Method.parse(self.method, "method")
+
 
 @dataclass
 class PlannedGrowth:
@@ -57,12 +60,27 @@ class PlannedGrowth:
     neurons: NewNeurons
 
 
-def parameters_per_neuron(pair: GrowablePair) -> int:
-    """Parameters one new hidden unit adds: its row in ``first``, its BN entries, its columns."""
-    geometry = pair.geometry()
-    bn = pair.batch_norm
-    bn_parameters = 2 if bn is not None and bn.affine else 0
-    return geometry.d_x + bn_parameters + geometry.out_features * geometry.num_slots
+@dataclass
+class PairOutcome:
+    """What the amplitude search made of one pair's selected neurons.
+
+    Attributes
+    ----------
+    neurons
+        The neurons to install, or ``None`` when the pair does not grow.
+    amplitude
+        The chosen amplitude (0.0 when the pair does not grow).
+    loss_before, loss_after
+        Held-out loss without and with the neurons (NaN when nothing was tried).
+    reason
+        Why the pair did or did not grow.
+    """
+
+    neurons: NewNeurons | None
+    amplitude: float
+    loss_before: float
+    loss_after: float
+    reason: Reason
 
 
 def _unit_output_norms(second_weight: Tensor, units: int) -> Tensor:
@@ -104,12 +122,12 @@ def _prepare_tiny(pair: GrowablePair, neurons: NewNeurons, evaluate: Callable[[]
 
 
 def _prepare_function_preserving(
-    pair: GrowablePair, neurons: NewNeurons, method: str, init_scale: float
+    pair: GrowablePair, neurons: NewNeurons, method: Method, init_scale: float
 ) -> None:
     """GradMax (α = 0) and random (ω = 0) initialisations that new units can learn from."""
     like = {"dtype": neurons.first_weight.dtype, "device": neurons.first_weight.device}
     k = neurons.num_neurons
-    if method == "gradmax":
+    if method is Method.GRADMAX:
         target = init_scale * float(
             _unit_output_norms(pair.second.weight.detach(), pair.width).median()
         )
@@ -128,7 +146,7 @@ def _prepare_function_preserving(
                 generator = torch.Generator().manual_seed(k)
                 noise = torch.randn(neurons.first_weight.shape, generator=generator)
                 neurons.first_weight = 1e-3 * noise.to(**like)
-    elif method == "random":
+    elif method is Method.RANDOM:
         neurons.second_weight = torch.zeros_like(neurons.second_weight)
 
 
@@ -224,14 +242,14 @@ def plan_growth(
         max_parameters=config.max_parameters,
     )
 
-    def event(name: str, reason: str, **measured: Any) -> GrowthEvent:
+    def event(name: str, reason: Reason, **measured: Any) -> GrowthEvent:
         nan = float("nan")
         record: dict[str, Any] = {
             "step": step,
             "epoch": epoch,
             "pair": name,
             "accepted": False,
-            "reason": reason,
+            "reason": reason.value,
             "neurons_added": 0,
             "width_before": widths[name],
             "width_after": widths[name],
@@ -242,15 +260,15 @@ def plan_growth(
             "loss_before": nan,
             "loss_after": nan,
             "total_parameters": 0,  # filled in once every pair's growth is known
-            "method": config.method,
-            "timings": dict.fromkeys(("statistics", "solve", "search", "surgery"), 0.0),
+            "method": config.method.value,
+            "timings": zero_timings(),
         }
         return GrowthEvent(**(record | measured))
 
     planned: list[PlannedGrowth] = []
     # Pairs whose window had no finite sample (e.g. early fp16 AMP steps) sit this decision out.
     events = [
-        event(pair.name, "solve failed" if pair.name in failed else "no samples")
+        event(pair.name, Reason.SOLVE_FAILED if pair.name in failed else Reason.NO_SAMPLES)
         for pair in pairs
         if pair.name not in candidates
     ]
@@ -260,7 +278,7 @@ def plan_growth(
         started = time.perf_counter()
         outcome = _decide_pair(pair, candidate, decision, evaluate, config)
         search_seconds = time.perf_counter() - started
-        neurons, amplitude, loss_before, loss_after, reason = outcome
+        neurons = outcome.neurons
         added = neurons.num_neurons if neurons is not None else 0
         if neurons is not None:
             planned.append(PlannedGrowth(pair, neurons))
@@ -269,21 +287,21 @@ def plan_growth(
         events.append(
             event(
                 name,
-                reason,
+                outcome.reason,
                 accepted=neurons is not None,
                 neurons_added=added,
                 width_after=widths[name] + added,
                 expressivity_gain=decision.expressivity_gain,
                 bottleneck_fraction=float(bottleneck_fraction),
                 num_significant=candidate.num_significant,
-                amplitude=amplitude,
-                loss_before=loss_before,
-                loss_after=loss_after,
+                amplitude=outcome.amplitude,
+                loss_before=outcome.loss_before,
+                loss_after=outcome.loss_after,
                 timings={
-                    "statistics": statistics_seconds / max(len(pairs), 1),
-                    "solve": solve_seconds / max(len(pairs), 1),
-                    "search": search_seconds,
-                    "surgery": 0.0,
+                    TimingPhase.STATISTICS.value: statistics_seconds / max(len(pairs), 1),
+                    TimingPhase.SOLVE.value: solve_seconds / max(len(pairs), 1),
+                    TimingPhase.SEARCH.value: search_seconds,
+                    TimingPhase.SURGERY.value: 0.0,
                 },
             )
         )
@@ -299,19 +317,19 @@ def _decide_pair(
     decision: PairDecision,
     evaluate: Callable[[], float],
     config: GrowthConfig,
-) -> tuple[NewNeurons | None, float, float, float, str]:
-    """Returns (neurons or None, amplitude, loss before, loss after, reason)."""
+) -> PairOutcome:
+    """Prepare the selected neurons of one pair and search their amplitude."""
     nan = float("nan")
     if decision.neurons == 0:
-        return None, 0.0, nan, nan, decision.reason
+        return PairOutcome(None, 0.0, nan, nan, decision.reason)
     neurons = _layer_neurons(pair, candidate, decision.neurons)
-    if config.method != "tiny":
+    if config.method is not Method.TINY:
         _prepare_function_preserving(pair, neurons, config.method, config.init_scale)
         with inject(pair, neurons, scale=0.0):
             loss_before = evaluate()
         with inject(pair, neurons, scale=1.0):
             loss_after = evaluate()
-        return neurons, 1.0, loss_before, loss_after, "grown"
+        return PairOutcome(neurons, 1.0, loss_before, loss_after, Reason.GROWN)
 
     loss_before = _prepare_tiny(pair, neurons, evaluate)
     gamma_min, gamma_max = config.amplitude_range
@@ -324,48 +342,9 @@ def _decide_pair(
         result = search_amplitude(loss_at, loss_before, gamma_min=gamma_min, gamma_max=gamma_max)
     decrease = (loss_before - result.loss_after) / max(abs(loss_before), 1e-12)
     if result.amplitude == 0.0 or decrease < config.min_loss_decrease:
-        return None, 0.0, loss_before, result.loss_after, "no loss decrease"
+        return PairOutcome(None, 0.0, loss_before, result.loss_after, Reason.NO_LOSS_DECREASE)
     neurons.second_weight = neurons.second_weight * result.amplitude
     if pair.batch_norm is not None and not pair.batch_norm.track_running_stats:
         # The trials normalised with the measured statistics; this BatchNorm keeps none.
         neurons.bn_running_mean = neurons.bn_running_var = None
-    return neurons, result.amplitude, loss_before, result.loss_after, "grown"
-
-
-def fit_to_current_shapes(pair: GrowablePair, tensors: dict[str, Any]) -> dict[str, Any]:
-    """Zero-pad planned neurons for units a neighbouring pair added in the same decision.
-
-    Adjacent pairs share a layer (``second`` of one is ``first`` of the next). Candidates were
-    computed and tried on the model before this decision, so the new units of two neighbouring
-    pairs are not connected to each other: zero weights between them.
-    """
-    first_weight, second_weight = tensors["first_weight"], tensors["second_weight"]
-    missing_inputs = pair.first.weight.shape[1] - first_weight.shape[1]
-    if missing_inputs > 0:
-        shape = (first_weight.shape[0], missing_inputs, *first_weight.shape[2:])
-        padding = first_weight.new_zeros(shape)
-        tensors["first_weight"] = torch.cat([first_weight, padding], dim=1)
-    missing_outputs = pair.second.weight.shape[0] - second_weight.shape[0]
-    if missing_outputs > 0:
-        padding = second_weight.new_zeros((missing_outputs, *second_weight.shape[1:]))
-        tensors["second_weight"] = torch.cat([second_weight, padding], dim=0)
-    return tensors
-
-
-def to_payload(item: PlannedGrowth) -> tuple[str, dict[str, Any]]:
-    """``(pair name, NewNeurons fields on the CPU)``: what rank 0 broadcasts."""
-    tensors = {entry.name: getattr(item.neurons, entry.name) for entry in fields(item.neurons)}
-    return item.pair.name, {
-        key: None if value is None else value.detach().cpu() for key, value in tensors.items()
-    }
-
-
-def moment_dimension(pair: GrowablePair) -> int:
-    geometry = pair.geometry()
-    return max(geometry.d_x, geometry.d_h, geometry.d_v * geometry.num_slots)
-
-
-def pair_parameters(pair: GrowablePair) -> int:
-    """Parameters of the pair's own layers: ``first``, its BatchNorm and ``second``."""
-    modules = [pair.first, pair.second] + ([pair.batch_norm] if pair.batch_norm else [])
-    return sum(p.numel() for module in modules for p in module.parameters())
+    return PairOutcome(neurons, result.amplitude, loss_before, result.loss_after, Reason.GROWN)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from lightning_grow.reporting.events import Reason
+
 if TYPE_CHECKING:
     from lightning_grow.solver.tiny import GrowthCandidates
 
@@ -161,7 +163,7 @@ class PairDecision:
 
     pair: str
     neurons: int
-    reason: str
+    reason: Reason
     expressivity_gain: float = 0.0
     parameters_per_neuron: int = 0
     extra: dict[str, float] = field(default_factory=dict)
@@ -223,13 +225,13 @@ def select_growth(
         room = math.inf if cap is None else max(cap - widths[name], 0)
         count = int(min(significant, above_gain, max_neurons[name], room))
         if significant == 0:
-            reason = "not significant"
+            reason = Reason.NOT_SIGNIFICANT
         elif above_gain == 0:
-            reason = "below gain threshold"
+            reason = Reason.BELOW_GAIN_THRESHOLD
         elif room == 0:
-            reason = "width cap"
+            reason = Reason.WIDTH_CAP
         else:
-            reason = "grown"
+            reason = Reason.GROWN
         gain = float(candidate.gain[count - 1]) if count > 0 else 0.0
         best_gain = float(candidate.gain[0]) if len(candidate.gain) else 0.0
         decisions[name] = PairDecision(
@@ -256,7 +258,7 @@ def select_growth(
         if affordable < decision.neurons:
             decision.neurons = int(affordable)
             if decision.neurons == 0:
-                decision.reason = "budget"
+                decision.reason = Reason.BUDGET
                 continue
             decision.expressivity_gain = float(candidates[decision.pair].gain[decision.neurons - 1])
         budget -= decision.neurons * decision.parameters_per_neuron

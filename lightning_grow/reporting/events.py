@@ -8,6 +8,35 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_grow.solver.method import Vocabulary
+
+
+class Reason(Vocabulary):
+    """Why a pair did or did not grow at a decision (an event's ``reason``)."""
+
+    GROWN = "grown"
+    NOT_SIGNIFICANT = "not significant"  # no singular value above the sampling-noise floor
+    BELOW_GAIN_THRESHOLD = "below gain threshold"  # significant, but realises too little
+    WIDTH_CAP = "width cap"  # max_width reached
+    BUDGET = "budget"  # max_parameters reached (pairs with the best gain per parameter first)
+    NO_LOSS_DECREASE = "no loss decrease"  # the line search found no amplitude that helps
+    NO_SAMPLES = "no samples"  # every batch of the window was skipped (NaN/inf)
+    SOLVE_FAILED = "solve failed"  # the eigensolver failed; the pair sits this decision out
+
+
+class TimingPhase(Vocabulary):
+    """The phases of growth whose seconds are kept (an event's ``timings``, logged per phase)."""
+
+    STATISTICS = "statistics"
+    SOLVE = "solve"
+    SEARCH = "search"
+    SURGERY = "surgery"
+
+
+def zero_timings() -> dict[str, float]:
+    """``{phase: 0.0}`` for every :class:`TimingPhase`, keyed by the plain names."""
+    return dict.fromkeys(TimingPhase.values(), 0.0)
+
 
 @dataclass
 class GrowthEvent:
@@ -25,8 +54,9 @@ class GrowthEvent:
     accepted
         Whether neurons were added.
     reason
-        Why the pair did or did not grow (``"grown"``, ``"not significant"``, ``"below gain
-        threshold"``, ``"no loss decrease"``, ``"budget"``, ``"width cap"``).
+        Why the pair did or did not grow: a :class:`Reason` value (``"grown"``, ``"not
+        significant"``, ``"below gain threshold"``, ``"width cap"``, ``"budget"``, ``"no loss
+        decrease"``, ``"no samples"``, ``"solve failed"``), stored as the plain string.
     neurons_added, width_before, width_after
         Hidden width of the pair before and after the decision.
     expressivity_gain
@@ -43,14 +73,15 @@ class GrowthEvent:
     total_parameters
         Parameters of the whole network after the decision.
     method
-        ``"tiny"``, ``"gradmax"`` or ``"random"``.
+        A :class:`~lightning_grow.solver.method.Method` value: ``"tiny"``, ``"gradmax"`` or
+        ``"random"``.
     training_step_calls
         Calls of the module's ``training_step`` (or of ``loss_fn`` when given) that this
         decision made to measure the new units' activity and search their amplitude, all pairs
         together: the same number on every event of one decision. Each call's side effects other
         than logging and metric updates (counters, random draws, prints) really happen.
     timings
-        Seconds per phase: ``statistics``, ``solve``, ``search``, ``surgery``.
+        Seconds per :class:`TimingPhase`: ``statistics``, ``solve``, ``search``, ``surgery``.
     """
 
     step: int

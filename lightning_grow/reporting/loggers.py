@@ -42,7 +42,7 @@ from lightning_grow.reporting.console import (
     print_architecture,
     write_line,
 )
-from lightning_grow.reporting.events import GrowthEvent
+from lightning_grow.reporting.events import GrowthEvent, TimingPhase
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -61,7 +61,7 @@ __all__ = [
 METRIC_PREFIX = "growth"
 EVENTS_TABLE_KEY = f"{METRIC_PREFIX}/events"
 WIDTH_CHART_KEY = f"{METRIC_PREFIX}/width_chart"
-PHASES = ("statistics", "solve", "search", "surgery")
+PHASES = TimingPhase.values()
 """Timing phases that always get a table column, in this order (others are appended)."""
 
 # The intersection of what CSV headers, TensorBoard tags, W&B keys and MLflow metric names

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -90,6 +89,7 @@ from lightning_grow.solver.linalg import (
     symmetrise,
     update_from_pseudo_inverse,
 )
+from lightning_grow.solver.method import Method, MethodName
 from lightning_grow.solver.moments import PairGeometry, PairMoments
 
 __all__ = [
@@ -104,8 +104,6 @@ __all__ = [
     "noise_multiplier",
     "optimal_update",
 ]
-
-Method = Literal["tiny", "gradmax", "random"]
 
 DEFAULT_SIGNIFICANCE_MARGIN = 2.33
 
@@ -381,7 +379,7 @@ def compute_candidates(
     moments: PairMoments,
     geometry: PairGeometry,
     *,
-    method: Method = "tiny",
+    method: Method | MethodName = "tiny",
     max_neurons: int | None = None,
     activation_slope: float = 1.0,
     damping: float = DEFAULT_DAMPING,
@@ -425,8 +423,7 @@ def compute_candidates(
         When a moment is not finite or cannot be decomposed even after the retries of
         :mod:`lightning_grow.solver.linalg` (the caller can skip this pair).
     """
-    if method not in ("tiny", "gradmax", "random"):
-        raise ValueError(f"method must be 'tiny', 'gradmax' or 'random', got {method!r}")
+    method = Method.parse(method, "method")
     moments.check(geometry)
     moments = moments.to(dtype=torch.float64)
     rank_limit = min(geometry.d_x, geometry.d_v * geometry.num_slots)
@@ -458,9 +455,9 @@ def compute_candidates(
         singular_values = singular_values * math.sqrt(slots)
         alpha = alpha * slots**0.75
         omega = omega * slots**0.25
-    if method == "gradmax":
+    if method is Method.GRADMAX:
         alpha, omega = _gradmax_neurons(moments.Mx, count)
-    elif method == "random":
+    elif method is Method.RANDOM:
         alpha, omega = _random_neurons(geometry, count, seed, moments.Mx)
 
     gain = singular_values.square().cumsum(0) / v_sq if v_sq > 0 else singular_values * 0.0
@@ -482,7 +479,7 @@ def compute_candidates(
         num_significant = 0
 
     return GrowthCandidates(
-        method=method,
+        method=method.value,
         geometry=geometry,
         delta_w=delta_w,
         v_sq=v_sq,

@@ -9,6 +9,7 @@
 from lightning_grow.topology.pairs import (
     GrowablePair,
     GrowthConfigurationError,
+    PairName,
     PairSpec,
     find_growable_pairs,
     layer_problem,
@@ -19,6 +20,7 @@ from lightning_grow.topology.pairs import (
 __all__ = [
     "GrowablePair",
     "GrowthConfigurationError",
+    "PairName",
     "PairSpec",
     "find_growable_pairs",
     "layer_problem",

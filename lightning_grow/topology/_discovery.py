@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
 from lightning_grow.topology.pairs import (
     GrowablePair,
     GrowthConfigurationError,
+    PairName,
     find_growable_pairs,
     pairs_from_names,
 )
 
-PairSpec = str | tuple[str, str] | Mapping[str, str]
-PairsArgument = str | Sequence[PairSpec] | Callable[[GrowablePair], bool]
+PairsArgument = str | Sequence[PairName] | Callable[[GrowablePair], bool]
 
 
 def discover_pairs(

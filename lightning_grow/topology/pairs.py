@@ -33,6 +33,7 @@ from lightning_grow.topology._pair_graph import (
 __all__ = [
     "GrowablePair",
     "GrowthConfigurationError",
+    "PairName",
     "PairSpec",
     "find_growable_pairs",
     "layer_problem",
@@ -40,9 +41,13 @@ __all__ = [
     "rejected_layers",
 ]
 
-PairSpec = Union[str, tuple[str, str], Mapping[str, Any], "GrowablePair"]
-"""``"first -> second"``, ``(first, second)``, ``{"first", "second", "batch_norm"?,
-"activation"?}`` or an existing :class:`GrowablePair`."""
+PairName = str | tuple[str, str] | Mapping[str, str]
+"""How arguments and configs name a pair: ``"first -> second"``, ``(first, second)`` or
+``{"first", "second", "batch_norm"?, "activation"?}`` with module names."""
+
+PairSpec = Union[PairName, Mapping[str, Any], "GrowablePair"]
+"""What :func:`pairs_from_names` accepts: a :data:`PairName` (the dict form may give the
+activation as a module), or an existing :class:`GrowablePair`."""
 
 _HOW_TO_NAME = (
     "name the pairs explicitly: pairs_from_names(model, ['first -> second']) or "
