@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_grow.layers import OpKind, norm_handler, replay_op
 from lightning_grow.surgery.widen import NewNeurons
 from lightning_grow.topology.pairs import GrowablePair
 
@@ -61,49 +61,39 @@ def _per_neuron_columns(scale: Tensor | float, second_weight: Tensor, k: int) ->
 
 
 def _apply_between(pair: GrowablePair, z: Tensor, neurons: NewNeurons) -> Tensor:
-    """The ops between ``first`` and ``second``, for the new units only, in eval semantics."""
-    for name, op in pair.between:
-        if op is pair.batch_norm or isinstance(op, nn.modules.batchnorm._BatchNorm):
+    """The ops between ``first`` and ``second``, for the new units only, in eval semantics.
+
+    Each op is replayed by the kind discovery gave it (never by its name): a norm with the new
+    units' own entries, dropout and identity not at all, a flatten as ``flatten(1)``.
+    """
+    for hidden in pair.between:
+        if hidden.kind is OpKind.BATCH_NORM:
             bn = pair.batch_norm
-            assert bn is not None
-            mean, var = neurons.bn_running_mean, neurons.bn_running_var
-            shape = (1, -1) + (1,) * (z.dim() - 2)
-            if mean is not None and var is not None:
-                z = (z - mean.view(shape)) / torch.sqrt(var.view(shape) + bn.eps)
-            else:
-                z = z / math.sqrt(1.0 + bn.eps)
-            if bn.affine and neurons.bn_weight is not None:
-                z = z * neurons.bn_weight.view(shape)
-            if bn.affine and neurons.bn_bias is not None:
-                z = z + neurons.bn_bias.view(shape)
-        elif isinstance(op, nn.modules.dropout._DropoutNd) or "dropout" in name.lower():
-            continue
-        elif isinstance(op, nn.Flatten) or any(k in name.lower() for k in ("flatten", "view")):
-            z = z.flatten(1)
-        elif isinstance(op, nn.Identity):
-            continue
+            norm = norm_handler(bn)
+            assert bn is not None and norm is not None
+            z = norm.replay(
+                bn,
+                z,
+                neurons.bn_weight,
+                neurons.bn_bias,
+                neurons.bn_running_mean,
+                neurons.bn_running_var,
+            )
         else:
-            z = op(z)
+            z = replay_op(hidden.kind, hidden.op, z)
     if pair.flatten and z.dim() > 2:
         z = z.flatten(1)
     return z
 
 
 def _first_forward(pair: GrowablePair, x: Tensor, neurons: NewNeurons) -> Tensor:
-    first = pair.first
     weight = neurons.first_weight.to(x.dtype)
     bias = None if neurons.first_bias is None else neurons.first_bias.to(x.dtype)
-    if isinstance(first, nn.Conv2d):
-        return F.conv2d(x, weight, bias, first.stride, first.padding, first.dilation)
-    return F.linear(x, weight, bias)
+    return pair.first_handler.forward(pair.first, x, weight, bias)
 
 
 def _second_forward(pair: GrowablePair, h: Tensor, weight: Tensor) -> Tensor:
-    second = pair.second
-    weight = weight.to(h.dtype)
-    if isinstance(second, nn.Conv2d):
-        return F.conv2d(h, weight, None, second.stride, second.padding, second.dilation)
-    return F.linear(h, weight)
+    return pair.second_handler.forward(pair.second, h, weight.to(h.dtype), None)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning_grow.layers import is_norm, is_weight_layer, layer_handler, norm_handler
 from lightning_grow.surgery.widen import ModuleEdit
 
 __all__ = [
@@ -48,14 +49,11 @@ __all__ = [
     "warn_if_not_reloadable",
 ]
 
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
-
 
 def _fresh_value(module: nn.Module, attribute: str) -> float:
     """What a resized tensor holds until load_state_dict fills it (matters for non-strict loads)."""
-    if isinstance(module, _BATCH_NORMS) and attribute in ("weight", "running_var"):
-        return 1.0
-    return 0.0
+    handler = norm_handler(module)
+    return 0.0 if handler is None else handler.fresh_value(attribute)
 
 
 def _local_tensors(module: nn.Module) -> dict[str, Tensor]:
@@ -80,14 +78,11 @@ def _layer_targets(
         weight = current
     if len(weight) != len(current):
         raise ValueError(f"cannot resize {where}: incoming weight has shape {weight}")
-    if isinstance(module, nn.Conv2d):
-        if weight[2:] != current[2:]:
-            raise ValueError(
-                f"cannot resize {where}: incoming weight {weight} changes the kernel size "
-                f"{current[2:]}"
-            )
-        if module.groups != 1:
-            raise ValueError(f"cannot resize {where}: only groups=1 convolutions are resized")
+    handler = layer_handler(module)
+    assert handler is not None
+    problem = handler.resize_problem(module, weight)
+    if problem is not None:
+        raise ValueError(f"cannot resize {where}: {problem}")
     targets = {"weight": weight}
     if module.bias is not None:
         targets["bias"] = (weight[0],)
@@ -107,7 +102,8 @@ def _batch_norm_targets(
 def _plan_resize(module: nn.Module, name: str, incoming: dict[str, tuple[int, ...]]) -> ModuleEdit:
     """New tensors of the incoming sizes for one layer, after checking they fit together."""
     where = f"'{name}' ({type(module).__name__})" if name else type(module).__name__
-    if isinstance(module, nn.Linear | nn.Conv2d):
+    handler = layer_handler(module)
+    if handler is not None:
         targets = _layer_targets(module, where, incoming)
     else:
         targets = _batch_norm_targets(module, where, incoming)
@@ -128,13 +124,12 @@ def _plan_resize(module: nn.Module, name: str, incoming: dict[str, tuple[int, ..
         if isinstance(current, nn.Parameter):
             fresh = nn.Parameter(fresh, requires_grad=current.requires_grad)
         edit.tensors[attribute] = fresh
-    if isinstance(module, nn.Linear):
-        edit.attributes.update(out_features=targets["weight"][0], in_features=targets["weight"][1])
-    elif isinstance(module, nn.Conv2d):
-        out_channels, in_channels = targets["weight"][:2]
-        edit.attributes.update(out_channels=out_channels, in_channels=in_channels)
-    else:
-        edit.attributes["num_features"] = next(iter(targets.values()))[0]
+    norm = norm_handler(module)
+    if handler is not None:
+        edit.attributes[handler.out_attribute] = targets["weight"][0]
+        edit.attributes[handler.in_attribute] = targets["weight"][1]
+    elif norm is not None:
+        edit.attributes[norm.width_attribute] = next(iter(targets.values()))[0]
     return edit
 
 
@@ -181,7 +176,7 @@ def resize_to_state_dict(
         differing = [a for a, shape in incoming.items() if shape != tuple(local[a].shape)]
         if not differing:
             continue
-        if not isinstance(submodule, (nn.Linear, nn.Conv2d, *_BATCH_NORMS)):
+        if not (is_weight_layer(submodule) or is_norm(submodule)):
             attribute = differing[0]
             current = tuple(local[attribute].shape)
             raise ValueError(

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lightning_grow.layers import layer_handler, norm_handler
 from lightning_grow.surgery.optim import OptimizerReplacement, ParameterGrowth, prepare_replacement
 from lightning_grow.topology.pairs import GrowablePair
 
@@ -42,7 +43,7 @@ __all__ = [
     "plan_output_growth",
 ]
 
-BatchNorm = nn.BatchNorm1d | nn.BatchNorm2d | nn.SyncBatchNorm
+BatchNorm = nn.Module  # one of lightning_grow.layers.BATCH_NORM_TYPES
 
 
 @dataclass(eq=False)
@@ -236,7 +237,8 @@ def _grown_parameter(edit: ModuleEdit, attribute: str, extra: Tensor, dim: int) 
 
 
 def _check_plain_layer(module: nn.Module, where: str) -> None:
-    if not isinstance(module, nn.Linear | nn.Conv2d):
+    handler = layer_handler(module)
+    if handler is None:
         raise TypeError(f"{where} must be nn.Linear or nn.Conv2d to grow")
     for attribute in ("weight", "bias"):
         if attribute not in module._parameters and getattr(module, attribute, None) is not None:
@@ -246,8 +248,9 @@ def _check_plain_layer(module: nn.Module, where: str) -> None:
                 f"{where}.{attribute} is not a plain parameter (weight_norm, spectral_norm or "
                 "another parametrization?); remove it before growing this layer"
             )
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        raise ValueError(f"{where} has groups={module.groups}; only groups=1 convolutions grow")
+    problem = handler.growth_problem(module)
+    if problem is not None:
+        raise ValueError(f"{where} {problem}")
 
 
 def plan_output_growth(
@@ -287,10 +290,9 @@ def plan_output_growth(
     if bias is not None:
         _check_shape(bias, (num_new,), "new output bias", where)
         _grown_parameter(edit, "bias", bias, dim=0)
-    if isinstance(module, nn.Conv2d):
-        edit.attributes["out_channels"] = module.out_channels + num_new
-    else:
-        edit.attributes["out_features"] = module.out_features + num_new
+    handler = layer_handler(module)
+    assert handler is not None
+    edit.attributes[handler.out_attribute] = handler.out_width(module) + num_new
     return edit
 
 
@@ -322,10 +324,9 @@ def plan_input_growth(module: nn.Linear | nn.Conv2d, weight: Tensor, name: str =
 
     edit = ModuleEdit(module, name)
     _grown_parameter(edit, "weight", weight, dim=1)
-    if isinstance(module, nn.Conv2d):
-        edit.attributes["in_channels"] = module.in_channels + num_new
-    else:
-        edit.attributes["in_features"] = module.in_features + num_new
+    handler = layer_handler(module)
+    assert handler is not None
+    edit.attributes[handler.in_attribute] = handler.in_width(module) + num_new
     return edit
 
 
@@ -348,11 +349,11 @@ def plan_batch_norm_growth(
         Not applied yet; call :meth:`ModuleEdit.apply`.
     """
     where = _describe(module, name)
-    if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+    handler = norm_handler(module)
+    if handler is None:
         raise TypeError(f"{where} is not a BatchNorm layer")
     given = {"weight": weight, "bias": bias, "running_mean": running_mean}
     given["running_var"] = running_var
-    defaults = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
     edit = ModuleEdit(module, name)
     for attribute, value in given.items():
         current = getattr(module, attribute)
@@ -365,13 +366,13 @@ def plan_batch_norm_growth(
                 )
             continue
         if value is None:
-            value = torch.full((num_new,), defaults[attribute])
+            value = torch.full((num_new,), handler.fresh_value(attribute))
         _check_shape(value, (num_new,), f"bn_{attribute}", where)
         if isinstance(current, nn.Parameter):
             _grown_parameter(edit, attribute, value, dim=0)
         else:
             edit.tensors[attribute] = _appended(current, value, dim=0)
-    edit.attributes["num_features"] = module.num_features + num_new
+    edit.attributes[handler.width_attribute] = handler.width(module) + num_new
     return edit
 
 
@@ -383,19 +384,21 @@ def _check_pair(pair: GrowablePair) -> int:
     _check_plain_layer(first, first_where)
     _check_plain_layer(second, second_where)
     width = pair.width
-    if isinstance(second, nn.Conv2d):
-        if not isinstance(first, nn.Conv2d):
+    first_handler, second_handler = pair.first_handler, pair.second_handler
+    consumed = second_handler.in_width(second)
+    if second_handler.spatial:
+        if not first_handler.spatial:
             raise TypeError(f"{first_where} → {second_where}: a Linear cannot feed a Conv2d pair")
-        consumed, slots = second.in_channels, 1
-    elif isinstance(first, nn.Conv2d):
-        if second.in_features % width:
+        slots = 1
+    elif first_handler.spatial:
+        if consumed % width:
             raise ValueError(
-                f"{second_where} has {second.in_features} inputs, not a multiple of the "
+                f"{second_where} has {consumed} inputs, not a multiple of the "
                 f"{width} channels of {first_where}"
             )
-        consumed, slots = width, second.in_features // width
+        consumed, slots = width, consumed // width
     else:
-        consumed, slots = second.in_features, 1
+        slots = 1
     if consumed != width:
         raise ValueError(f"{second_where} consumes {consumed} inputs but {first_where} has {width}")
     bn = pair.batch_norm
@@ -415,10 +418,9 @@ def _plan_pair(pair: GrowablePair, neurons: NewNeurons) -> list[ModuleEdit]:
     ]
 
     second = pair.second
-    if isinstance(second, nn.Conv2d):
-        expected = (second.out_channels, num_new, *second.kernel_size)
-    else:
-        expected = (second.out_features, num_new * slots)
+    kernel = pair.second_handler.kernel_size(second) or ()
+    columns = num_new if kernel else num_new * slots
+    expected = (pair.second_handler.out_width(second), columns, *kernel)
     _check_shape(
         neurons.second_weight, expected, "second_weight", _describe(second, pair.second_name)
     )

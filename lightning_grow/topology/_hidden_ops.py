@@ -10,15 +10,15 @@ walks the graph.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-OpKind = Literal["batch_norm", "activation", "dropout", "identity", "flatten"]
+from lightning_grow.layers import OpKind, is_norm, norm_types, weight_layer_types
 
 #: Activation modules: (one-sided derivative at 0 from the right, dead at exactly 0).
 #: Mish'(0) = tanh(softplus(0)) = tanh(ln 2) = 0.6; Softplus'(0) = sigmoid(0) = 0.5 for any beta.
@@ -82,7 +82,6 @@ _FUNCTION_TARGETS: dict[Any, str] = {
 _DROPOUT_NAMES = frozenset({"dropout", "dropout1d", "dropout2d"})
 _FLATTEN_METHODS = frozenset({"flatten", "view", "reshape"})
 DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
-BATCH_NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 _POOLING_MODULES = (
     nn.MaxPool1d,
     nn.MaxPool2d,
@@ -109,9 +108,8 @@ _POOLING_FUNCTIONS = frozenset(
 )
 #: Modules the pair tracer keeps as single graph nodes even when the user subclassed them.
 LEAF_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Conv2d,
-    *BATCH_NORM_MODULES,
+    *weight_layer_types(),
+    *norm_types(),
     *DROPOUT_MODULES,
     *ACTIVATION_MODULES,
     nn.Identity,
@@ -164,8 +162,8 @@ class HiddenOp:
     Attributes
     ----------
     kind
-        What the op does to a unit: ``batch_norm``, ``activation``, ``dropout``, ``identity`` or
-        ``flatten``.
+        What the op does to a unit (:class:`~lightning_grow.layers.ops.OpKind`): the amplitude
+        search replays the op by its kind, never by its name.
     name
         The module's qualified name, or the function / method name for a functional call.
     op
@@ -183,6 +181,31 @@ class HiddenOp:
     slope: float = 1.0
     dead_at_zero: bool = False
     flatten_features: int | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        """``name, op = hidden_op``: unpacks like the ``(name, op)`` pairs it replaced."""
+        return iter((self.name, self.op))
+
+    def __getitem__(self, index: int) -> Any:
+        """``hidden_op[0]`` is the name, ``hidden_op[1]`` the op, as in a ``(name, op)`` pair."""
+        return (self.name, self.op)[index]
+
+
+def as_hidden_op(name: str, op: Callable[[Tensor], Tensor]) -> HiddenOp:
+    """A :class:`HiddenOp` for a ``(name, op)`` pair given without its kind (a hand-built
+    :class:`~lightning_grow.topology.pairs.GrowablePair`): the kind comes from the op's type
+    (or, for a replayed functional call, from the function discovery recorded), not the name."""
+    if is_norm(op):
+        return HiddenOp(OpKind.BATCH_NORM, name, op)
+    if isinstance(op, DROPOUT_MODULES):
+        return HiddenOp(OpKind.DROPOUT, name, op)
+    if isinstance(op, nn.Identity):
+        return HiddenOp(OpKind.IDENTITY, name, op)
+    if isinstance(op, nn.Flatten) or op is flatten_batch:
+        return HiddenOp(OpKind.FLATTEN, name, op)
+    if isinstance(op, BoundCall) and op.__name__ in _DROPOUT_NAMES:
+        return HiddenOp(OpKind.DROPOUT, name, op)
+    return HiddenOp(OpKind.ACTIVATION, name, op)
 
 
 def is_shape_query(node: fx.Node) -> bool:
@@ -299,21 +322,21 @@ def _classify_module(node: fx.Node, root: nn.Module) -> HiddenOp | str:
     name = str(node.target)
     module = root.get_submodule(name)
     kind = type(module).__name__
-    if isinstance(module, BATCH_NORM_MODULES):
-        return HiddenOp("batch_norm", name, module)
+    if is_norm(module):
+        return HiddenOp(OpKind.BATCH_NORM, name, module)
     for activation_type, (slope, dead) in ACTIVATION_MODULES.items():
         if isinstance(module, activation_type):
             if isinstance(module, nn.LeakyReLU):
                 dead = module.negative_slope == 0
-            return HiddenOp("activation", name, module, slope, dead)
+            return HiddenOp(OpKind.ACTIVATION, name, module, slope, dead)
     if isinstance(module, DROPOUT_MODULES):
-        return HiddenOp("dropout", name, module)
+        return HiddenOp(OpKind.DROPOUT, name, module)
     if isinstance(module, nn.Identity):
-        return HiddenOp("identity", name, module)
+        return HiddenOp(OpKind.IDENTITY, name, module)
     if isinstance(module, nn.Flatten):
         if module.start_dim != 1 or module.end_dim != -1:
             return f"{name} (Flatten(start_dim={module.start_dim}, end_dim={module.end_dim}))"
-        return HiddenOp("flatten", name, module)
+        return HiddenOp(OpKind.FLATTEN, name, module)
     if isinstance(module, _POOLING_MODULES):
         return f"pooling ({name}: {kind}) between the layers is not supported"
     return f"module {name} ({kind}) on the hidden tensor is not supported"
@@ -332,15 +355,15 @@ def _classify_call(node: fx.Node, hidden: fx.Node, name: str, target: Callable) 
         if not ok:
             shown = ", ".join(a.name if isinstance(a, fx.Node) else repr(a) for a in rest)
             return f"{name}({shown}) is not a flatten that keeps the batch dimension"
-        return HiddenOp("flatten", name, flatten_batch, flatten_features=features)
+        return HiddenOp(OpKind.FLATTEN, name, flatten_batch, flatten_features=features)
     replay = BoundCall(name, target, tuple(node.args[1:]), dict(node.kwargs))
     if name in _DROPOUT_NAMES:
-        return HiddenOp("dropout", name, replay)
+        return HiddenOp(OpKind.DROPOUT, name, replay)
     slope, dead = ACTIVATION_FUNCTIONS[name]
     if name.startswith("leaky_relu"):
         negative_slope = node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope")
         dead = negative_slope == 0
-    return HiddenOp("activation", name, replay, slope, dead)
+    return HiddenOp(OpKind.ACTIVATION, name, replay, slope, dead)
 
 
 def describe(node: fx.Node) -> str:

@@ -13,66 +13,47 @@ from typing import Any
 
 from torch import fx, nn
 
-from lightning_grow.layers._unfold import conv_padding
+from lightning_grow.layers import OpKind, is_norm, is_weight_layer, layer_handler
 from lightning_grow.topology import _hidden_ops
-from lightning_grow.topology._hidden_ops import BATCH_NORM_MODULES, HiddenOp
+from lightning_grow.topology._hidden_ops import HiddenOp
 
 PairFields = dict[str, Any]
 
 
 def layer_problem(module: nn.Module) -> str | None:
     """Why ``module`` cannot be the ``first`` or ``second`` layer of a pair (``None``: it can)."""
-    if not isinstance(module, (nn.Linear, nn.Conv2d)):
+    handler = layer_handler(module)
+    if handler is None:
         return f"{type(module).__name__} is not an nn.Linear or nn.Conv2d"
     if isinstance(module.weight, nn.parameter.UninitializedParameter):
         return "a lazy layer that is not initialised yet (run one forward pass first)"
-    if isinstance(module, nn.Conv2d):
-        problems = []
-        if module.groups != 1:
-            problems.append(f"groups={module.groups} (grouped or depthwise)")
-        if tuple(module.dilation) != (1, 1):
-            problems.append(f"dilation={tuple(module.dilation)}")
-        if module.padding_mode != "zeros":
-            problems.append(f"padding_mode={module.padding_mode!r}")
-        try:
-            conv_padding(module)
-        except ValueError as error:
-            problems.append(str(error))
-        if problems:
-            return (
-                f"Conv2d with {', '.join(problems)} is not supported (growable convolutions have "
-                "groups=1, dilation=1, padding_mode='zeros' and any stride/padding)"
-            )
-    return None
+    return handler.problem(module)
 
 
 def width_problem(
     first: nn.Module, second: nn.Module, first_name: str, second_name: str
 ) -> str | None:
     """Why the hidden widths of ``first`` and ``second`` do not fit together (``None``: they do)."""
-    if isinstance(first, nn.Linear):
-        if isinstance(second, nn.Conv2d):
+    first_handler, second_handler = layer_handler(first), layer_handler(second)
+    assert first_handler is not None and second_handler is not None
+    width = first_handler.out_width(first)
+    consumed = second_handler.in_width(second)
+    out_name = f"{first_name}.{first_handler.out_attribute}={width}"
+    in_name = f"{second_name}.{second_handler.in_attribute}={consumed}"
+    if not first_handler.spatial and second_handler.spatial:
+        return (
+            f"{first_handler.label} {first_name} → {second_handler.label} {second_name} "
+            "(a reshape between) is not supported"
+        )
+    if first_handler.spatial and not second_handler.spatial:
+        if consumed % width:
             return (
-                f"Linear {first_name} → Conv2d {second_name} (a reshape between) is not supported"
-            )
-        if second.in_features != first.out_features:
-            return (
-                f"{second_name}.in_features={second.in_features} differs from "
-                f"{first_name}.out_features={first.out_features}"
+                f"{in_name} is not a multiple of {out_name} "
+                f"({first_handler.label} → flatten → {second_handler.label})"
             )
         return None
-    width = first.out_channels
-    if isinstance(second, nn.Conv2d):
-        if second.in_channels != width:
-            return (
-                f"{second_name}.in_channels={second.in_channels} differs from "
-                f"{first_name}.out_channels={width}"
-            )
-    elif second.in_features % width:
-        return (
-            f"{second_name}.in_features={second.in_features} is not a multiple of "
-            f"{first_name}.out_channels={width} (Conv2d → flatten → Linear)"
-        )
+    if consumed != width:
+        return f"{in_name} differs from {out_name}"
     return None
 
 
@@ -147,7 +128,7 @@ def walk(traced: Traced, first_node: fx.Node) -> PairFields | str:
             return f"the output of {after} is returned by forward, not fed to a next layer"
         if reader.op == "call_module":
             module = traced.root.get_submodule(str(reader.target))
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
+            if is_weight_layer(module):
                 if reader.args != (current,) or reader.kwargs:
                     return f"{reader.target} is called with extra arguments"
                 return assemble(traced, first_name, str(reader.target), ops)
@@ -170,8 +151,10 @@ def assemble(
     problem = width_problem(first, second, first_name, second_name)
     if problem is not None:
         return problem
-    conv_linear = isinstance(first, nn.Conv2d) and isinstance(second, nn.Linear)
-    flattens = [index for index, op in enumerate(ops) if op.kind == "flatten"]
+    first_handler, second_handler = layer_handler(first), layer_handler(second)
+    assert first_handler is not None and second_handler is not None
+    conv_linear = first_handler.spatial and not second_handler.spatial
+    flattens = [index for index, op in enumerate(ops) if op.kind is OpKind.FLATTEN]
     if conv_linear and len(flattens) != 1:
         return f"Conv2d {first_name} → Linear {second_name} needs exactly one flatten(1) between"
     if not conv_linear and flattens:
@@ -179,7 +162,7 @@ def assemble(
     expected = flattens and ops[flattens[0]].flatten_features
     if expected and expected != second.in_features:
         return f"the flatten gives {expected} features but {second_name} takes {second.in_features}"
-    norms = [index for index, op in enumerate(ops) if op.kind == "batch_norm"]
+    norms = [index for index, op in enumerate(ops) if op.kind is OpKind.BATCH_NORM]
     if len(norms) > 1:
         return "more than one BatchNorm between the layers is not supported"
     batch_norm = batch_norm_name = None
@@ -192,7 +175,7 @@ def assemble(
             return f"BatchNorm {batch_norm_name} after the flatten is not supported"
     slope, dead = 1.0, False
     for op in ops:
-        if op.kind == "activation":
+        if op.kind is OpKind.ACTIVATION:
             slope *= op.slope
             dead = dead or op.dead_at_zero
     return {
@@ -202,7 +185,7 @@ def assemble(
         "second": second,
         "batch_norm": batch_norm,
         "batch_norm_name": batch_norm_name,
-        "between": tuple((op.name, op.op) for op in ops),
+        "between": tuple(ops),
         "activation_slope": slope,
         "dead_at_zero": dead,
         "flatten": conv_linear,
@@ -212,8 +195,10 @@ def assemble(
 def batch_norm_problem(
     batch_norm: nn.Module, name: str, first: nn.Module, traced: Traced | None
 ) -> str | None:
-    width = first.out_channels if isinstance(first, nn.Conv2d) else first.out_features
-    if not isinstance(batch_norm, BATCH_NORM_MODULES):
+    handler = layer_handler(first)
+    assert handler is not None
+    width = handler.out_width(first)
+    if not is_norm(batch_norm):
         return f"{name} ({type(batch_norm).__name__}) is not a BatchNorm1d/2d"
     if traced is not None and traced.calls[id(batch_norm)] > 1:
         return f"BatchNorm {name} is called {traced.calls[id(batch_norm)]} times in forward"
@@ -222,8 +207,7 @@ def batch_norm_problem(
             f"BatchNorm {name} has num_features={batch_norm.num_features}, but the hidden width "
             f"is {width}"
         )
-    wrong = nn.BatchNorm1d if isinstance(first, nn.Conv2d) else nn.BatchNorm2d
-    if isinstance(batch_norm, wrong):
+    if not handler.accepts_norm(batch_norm):
         return f"{type(batch_norm).__name__} {name} does not fit after a {type(first).__name__}"
     return None
 
@@ -238,7 +222,7 @@ def scan(traced: Traced) -> tuple[list[PairFields], dict[str, str]]:
         if node.op != "call_module":
             continue
         module = model.get_submodule(str(node.target))
-        if not isinstance(module, (nn.Linear, nn.Conv2d)) or id(module) in seen:
+        if not is_weight_layer(module) or id(module) in seen:
             continue
         seen.add(id(module))
         result = walk(traced, node)
@@ -247,7 +231,7 @@ def scan(traced: Traced) -> tuple[list[PairFields], dict[str, str]]:
         else:
             rejections[str(node.target)] = result
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and id(module) not in seen:
+        if is_weight_layer(module) and id(module) not in seen:
             seen.add(id(module))
             rejections[name] = "it is not called by forward (as traced by torch.fx)"
     return pairs, rejections

@@ -15,11 +15,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Union
 
-from torch import Tensor, fx, nn
+from torch import fx, nn
 
+from lightning_grow.layers import LayerHandler, OpKind, is_weight_layer, layer_handler
 from lightning_grow.solver.moments import PairGeometry, PairKind
 from lightning_grow.topology import _hidden_ops
-from lightning_grow.topology._hidden_ops import ACTIVATION_MODULES, SUPPORTED_OPS, flatten_batch
+from lightning_grow.topology._hidden_ops import (
+    ACTIVATION_MODULES,
+    SUPPORTED_OPS,
+    HiddenOp,
+    as_hidden_op,
+    flatten_batch,
+)
 from lightning_grow.topology._pair_graph import (
     PairTracer,
     batch_norm_problem,
@@ -77,9 +84,10 @@ class GrowablePair:
     batch_norm, batch_norm_name
         The BatchNorm on the hidden tensor, if any (it grows with ``first``).
     between
-        ``(name, op)`` for every op between ``first`` and ``second`` in execution order, BatchNorm
-        included; ``op`` is the module or the function the graph calls (``name`` is the module
-        name, or the function's name for a functional call).
+        A :class:`~lightning_grow.topology._hidden_ops.HiddenOp` for every op between ``first``
+        and ``second`` in execution order, BatchNorm included: its ``kind`` as discovery found
+        it, ``name`` (module or function name) and ``op`` (the module or function the graph
+        calls). Each unpacks as ``name, op``; plain pairs are classified by the op's type.
     activation_slope
         One-sided derivative of the activation at 0 (1 for ReLU, 0.5 for GELU/SiLU, 1 for tanh,
         1 when there is no activation): the ``σ'(0)`` of the first-order predictions.
@@ -96,10 +104,25 @@ class GrowablePair:
     second: nn.Linear | nn.Conv2d
     batch_norm: nn.BatchNorm1d | nn.BatchNorm2d | None = None
     batch_norm_name: str | None = None
-    between: tuple[tuple[str, Callable[[Tensor], Tensor]], ...] = ()
+    between: tuple[HiddenOp, ...] = ()
     activation_slope: float = 1.0
     dead_at_zero: bool = False
     flatten: bool = False
+
+    def __post_init__(self) -> None:
+        self.between = tuple(
+            op if isinstance(op, HiddenOp) else as_hidden_op(*op) for op in self.between
+        )
+
+    @property
+    def first_handler(self) -> LayerHandler:
+        """The :class:`~lightning_grow.layers.LayerHandler` of ``first``'s type."""
+        return _handler(self.first, self.first_name)
+
+    @property
+    def second_handler(self) -> LayerHandler:
+        """The :class:`~lightning_grow.layers.LayerHandler` of ``second``'s type."""
+        return _handler(self.second, self.second_name)
 
     @property
     def name(self) -> str:
@@ -108,41 +131,44 @@ class GrowablePair:
 
     @property
     def kind(self) -> PairKind:
-        if isinstance(self.first, nn.Conv2d):
-            return "conv" if isinstance(self.second, nn.Conv2d) else "conv_linear"
+        """``"linear"``, ``"conv"`` or ``"conv_linear"`` (a feature map flattened)."""
+        if self.first_handler.spatial:
+            return "conv" if self.second_handler.spatial else "conv_linear"
         return "linear"
 
     @property
     def width(self) -> int:
         """Current hidden width (``first``'s output features / channels)."""
-        if isinstance(self.first, nn.Conv2d):
-            return self.first.out_channels
-        return self.first.out_features
+        return self.first_handler.out_width(self.first)
 
     def geometry(self) -> PairGeometry:
         """The :class:`~lightning_grow.solver.moments.PairGeometry` of the pair as it is now."""
         first, second, hidden = self.first, self.second, self.width
-        if isinstance(first, nn.Conv2d):
-            kh, kw = first.kernel_size
-            in_features = first.in_channels * kh * kw
-            first_kernel: tuple[int, int, int] | None = (first.in_channels, kh, kw)
-        else:
-            in_features, first_kernel = first.in_features, None
-        out_features = second.out_channels if isinstance(second, nn.Conv2d) else second.out_features
+        first_handler, second_handler = self.first_handler, self.second_handler
         kind = self.kind
-        second_kernel = tuple(second.kernel_size) if isinstance(second, nn.Conv2d) else None
-        hidden_positions = second.in_features // hidden if kind == "conv_linear" else None
+        hidden_positions = (
+            second_handler.in_width(second) // hidden if kind == "conv_linear" else None
+        )
         return PairGeometry(
             kind=kind,
-            in_features=in_features,
+            in_features=first_handler.input_size(first),
             hidden=hidden,
-            out_features=out_features,
+            out_features=second_handler.out_width(second),
             first_bias=first.bias is not None,
             second_bias=second.bias is not None,
-            first_kernel=first_kernel,
-            second_kernel=second_kernel,  # type: ignore[arg-type]
+            first_kernel=first_handler.input_kernel(first),  # type: ignore[arg-type]
+            second_kernel=second_handler.kernel_size(second),  # type: ignore[arg-type]
             hidden_positions=hidden_positions,
         )
+
+
+def _handler(module: nn.Module, name: str) -> LayerHandler:
+    handler = layer_handler(module)
+    if handler is None:
+        raise GrowthConfigurationError(
+            f"{name} ({type(module).__name__}) is not a layer type that can grow"
+        )
+    return handler
 
 
 def _trace(module: nn.Module, what: str) -> fx.Graph:
@@ -276,7 +302,7 @@ def _module(model: nn.Module, name: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError:
-        layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        layers = [n for n, m in model.named_modules() if is_weight_layer(m)]
         close = difflib.get_close_matches(name, layers, n=3)
         hint = f" Did you mean {close}?" if close else f" Linear/Conv2d layers: {layers[:20]}."
         raise GrowthConfigurationError(
@@ -288,7 +314,8 @@ def _prefixed(pair: GrowablePair, prefix: str) -> GrowablePair:
     if not prefix:
         return pair
     between = tuple(
-        (f"{prefix}.{name}" if isinstance(op, nn.Module) else name, op) for name, op in pair.between
+        replace(op, name=f"{prefix}.{op.name}") if isinstance(op.op, nn.Module) else op
+        for op in pair.between
     )
     return replace(
         pair,
@@ -390,21 +417,23 @@ def _described_pair(model: nn.Module, spec: _Spec) -> GrowablePair:
             "dict form {'first', 'second', 'batch_norm', 'activation'}.",
             stacklevel=3,
         )
-    between: list[tuple[str, Callable[[Tensor], Tensor]]] = []
+    between: list[HiddenOp] = []
     batch_norm = None
     if spec.batch_norm is not None:
         batch_norm = _module(model, spec.batch_norm)
         problem = batch_norm_problem(batch_norm, spec.batch_norm, first, None)
         if problem is not None:
             raise GrowthConfigurationError(f"{label}: {problem}")
-        between.append((spec.batch_norm, batch_norm))
+        between.append(HiddenOp(OpKind.BATCH_NORM, spec.batch_norm, batch_norm))
     slope, dead = 1.0, False
     if spec.activation is not None:
         name, op, slope, dead = _activation(model, spec.activation)
-        between.append((name, op))
-    flatten = isinstance(first, nn.Conv2d) and isinstance(second, nn.Linear)
+        between.append(HiddenOp(OpKind.ACTIVATION, name, op, slope, dead))
+    first_handler, second_handler = layer_handler(first), layer_handler(second)
+    assert first_handler is not None and second_handler is not None
+    flatten = first_handler.spatial and not second_handler.spatial
     if flatten:
-        between.append(("flatten", flatten_batch))
+        between.append(HiddenOp(OpKind.FLATTEN, "flatten", flatten_batch))
     return GrowablePair(
         first_name=spec.first,
         second_name=spec.second,
