@@ -59,8 +59,8 @@ class GrowthCallback(GrowthStateMixin, Callback):
     """Grow a plain ``torch.nn`` network while it trains, with TINY's optimal new neurons.
 
     During ordinary training steps the callback gathers, for every growable layer pair, the
-    moments of MATH.md §2 (hooks, no extra passes). At each decision it computes the expressivity
-    bottleneck and the optimal new neurons of every pair, keeps the neurons that are
+    moments of docs/math.md §2 (hooks, no extra passes). At each decision it computes the
+    expressivity bottleneck and the optimal new neurons of every pair, keeps the neurons that are
     statistically significant and realise enough of the desired update, scales them by a line
     search on held-out training batches, widens the layers, re-points the optimizer (momentum and
     Adam moments kept) and logs the event.

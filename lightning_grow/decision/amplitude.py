@@ -1,8 +1,8 @@
 """Try candidate neurons without surgery, scale them, and line-search their amplitude.
 
-The first-order theory (MATH.md §4) fixes the directions of new neurons but not how far to go.
-Following the authors (MATH.md §6), candidates are (a) rescaled so their pre-activations have the
-size of the existing ones (with BatchNorm the scale lives in the output weights), (b) tried with
+The first-order theory (docs/math.md §4) fixes the directions of new neurons but not how far to go.
+Following the authors (docs/math.md §8), candidates are (a) rescaled so their pre-activations have
+the size of the existing ones (with BatchNorm the scale lives in the output weights), (b) tried with
 both signs, and (c) given the amplitude γ from a doubling grid that minimises the loss on held-out
 training samples.
 

@@ -1,8 +1,8 @@
 """Convolution geometry for the statistics: patches of ``first``'s input seen through ``second``.
 
-Notation of MATH.md §5: ``first`` maps the input to the hidden map (``Hh × Wh`` positions ``p``),
-``second`` maps the hidden map to the output (``L`` positions ``q``) through kernel offsets ``j``
-(``J = kh2·kw2``). The new neuron's value at hidden position ``p`` is a linear function of the
+Notation of docs/math.md §5: ``first`` maps the input to the hidden map (``Hh × Wh`` positions
+``p``), ``second`` maps the hidden map to the output (``L`` positions ``q``) through kernel offsets
+``j`` (``J = kh2·kw2``). The new neuron's value at hidden position ``p`` is a linear function of the
 ``first``-input patch ``x_p``; at output position ``q`` it enters through every offset ``j`` whose
 hidden position ``p(q, j) = q·stride - padding + j`` lies inside the map (zero padding elsewhere).
 """

@@ -60,7 +60,7 @@ class GrowthEvent:
     neurons_added, width_before, width_after
         Hidden width of the pair before and after the decision.
     expressivity_gain
-        Fraction of the desired update that the added neurons realise (MATH.md §4), or that the
+        Fraction of the desired update that the added neurons realise (docs/math.md §4), or that the
         best candidate would have realised when rejected.
     bottleneck_fraction
         ``E‖Ψ‖² / E‖v‖²``: share of the desired update that the current weights cannot produce.

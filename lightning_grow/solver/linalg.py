@@ -281,7 +281,7 @@ def optimal_update(
     eig_cutoff: float = DEFAULT_EIG_CUTOFF,
     max_update_norm: float | None = None,
 ) -> tuple[Tensor, float]:
-    """Best change of ``second``'s weights, ``ΔW* = M S⁺`` (MATH.md §3), and its loss decrease.
+    """Best change of ``second``'s weights, ``ΔW* = M S⁺`` (docs/math.md §3), and its loss decrease.
 
     Parameters
     ----------

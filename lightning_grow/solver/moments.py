@@ -1,7 +1,7 @@
 """The contract between the statistics hooks and the math core: pair geometry and moments.
 
-Notation (MATH.md §2): ``x`` is the input of ``first``, ``h`` the input of ``second``, ``v`` the
-desired update ``-∂ℓ/∂z2`` of ``second``'s output. A constant 1 is appended LAST to ``x`` when
+Notation (docs/math.md §2): ``x`` is the input of ``first``, ``h`` the input of ``second``, ``v``
+the desired update ``-∂ℓ/∂z2`` of ``second``'s output. A constant 1 is appended LAST to ``x`` when
 ``first`` has a bias and to ``h`` when ``second`` has a bias.
 
 Flat layouts
@@ -108,7 +108,7 @@ class PairGeometry:
 
 @dataclass
 class PairMoments:
-    """Uncentred second moments of one growable pair (MATH.md §2 and §5).
+    """Uncentred second moments of one growable pair (docs/math.md §2 and §5).
 
     Attributes
     ----------
@@ -120,7 +120,7 @@ class PairMoments:
     Sx
         ``(d_x, d_x)``: ``E[Σ_j x_(j) x_(j)ᵀ]``. For conv→conv this is ``Σ_p c_p x_p x_pᵀ`` with
         ``c_p`` the number of output positions hidden position ``p`` reaches (the authors'
-        approximation, MATH.md §5); for conv→linear ``Σ_p x_p x_pᵀ``; for linear ``E[x xᵀ]``.
+        approximation, docs/math.md §5); for conv→linear ``Σ_p x_p x_pᵀ``; for linear ``E[x xᵀ]``.
     Mx
         ``(d_x, d_v * J)``: ``E[Σ_j x_(j) v_jᵀ]`` in ``(c, j)`` layout, where ``x_(j)`` is the
         ``x`` of the hidden position feeding slot ``j`` (zero when that position is padding).

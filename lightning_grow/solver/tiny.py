@@ -1,7 +1,7 @@
 """TINY math core: pair moments → best weight update, optimal new neurons, gains, significance.
 
 Pure float64 functions of one pair's :class:`~lightning_grow.solver.moments.PairMoments` (layout and
-notation in ``moments.py``, mathematics in MATH.md §3–§5); no module state, no Lightning.
+notation in ``moments.py``, mathematics in docs/math.md §3–§6); no module state, no Lightning.
 
 Pipeline (:func:`compute_candidates`)
 -------------------------------------
@@ -13,7 +13,7 @@ Pipeline (:func:`compute_candidates`)
    (for ``J > 1`` slots with ``Sx/J``, the per-slot average, in place of ``Sx``: see below),
    ``ω_k = √λ_k w_k``. For a linear activation and exact moments, adding them (with ``ΔW*``
    applied) lowers ``E‖Ψ‖²`` by exactly ``Σ_{k≤K} λ_k²``. For conv→conv the statistics use the
-   authors' ``Sx = Σ_p c_p x_p x_pᵀ`` (cross-offset terms neglected, MATH.md §5), so there the
+   authors' ``Sx = Σ_p c_p x_p x_pᵀ`` (cross-offset terms neglected, docs/math.md §5), so there the
    neurons are optimal for that approximated quadratic term; the linear term ``N`` is exact.
 
 Significance: which λ_k are signal
@@ -46,9 +46,12 @@ corrections make it an exact reference rather than a rough one:
    close to normal), with ``z = significance_margin``.
 
 ``λ_k`` is significant when it exceeds that threshold (the λ are sorted, so these are the first).
-The default ``z = 2.33`` gives ≤ 1 % false positives per pair and decision in the worst case
-(≤ 1.7 % for ``d = 1``, where the normal approximation of the tail is loosest), and far fewer
-for isotropic noise. Calibration (``tests/test_tiny_significance.py``, 100 seeded trials each):
+:func:`compute_candidates`' default ``z = 2.33`` admits about 1 % false positives per pair and
+decision in the worst case (up to 1.7 % for ``d = 1``, where the normal approximation of the tail
+is loosest). ``GrowthCallback`` passes its own default, ``significance_margin=1.0``: up to about
+16 % in the worst case, and relies on the held-out loss check to reject what slips through.
+Isotropic noise gives far fewer than the worst case (docs/math.md §6). Calibration
+(``tests/test_tiny_significance.py``, 100 seeded trials each):
 independent targets → 0 neurons in ≥ 95 %; a planted rank-``r`` linear signal with moderate
 noise → exactly ``r`` in ≥ 90 %. Known conservatism: ``N_noise`` also carries the sign-flipped
 fluctuation ``E[ε x xᵀ] Bᵀ`` of a real signal ``B``, which ``λ_{r+1}`` does not (``N`` is
@@ -409,7 +412,8 @@ def compute_candidates(
         Frobenius cap on ``ΔW*`` (``None``: no cap).
     significance_margin
         ``z``, the one-sided normal quantile of the worst-case noise ratio (module docstring):
-        higher is stricter; the default 2.33 allows ≤ 1 % false positives.
+        higher is stricter; 2.33 allows about 1 % false positives in the worst case,
+        ``GrowthCallback``'s 1.0 about 16 %.
     seed
         Seed of the random method's generator.
 

@@ -3,7 +3,7 @@
 Every sum is kept in a layout that one GEMM fills (``moments()`` reorders at the end):
 
 * ``RH = [v | h]ᵀ h`` of shape ``(d_v + d_h, d_h)``: ``M`` (top rows) and ``S`` (the rest).
-* ``Sx``: ``Σ x xᵀ`` (weighted by ``c_p`` for conv→conv, MATH.md §5).
+* ``Sx``: ``Σ x xᵀ`` (weighted by ``c_p`` for conv→conv, docs/math.md §5).
 * ``XR_even``, ``XR_odd`` of shape ``(d_x·J, d_v + d_h)``: ``Σ x_(j) [v | h]ᵀ`` over the samples
   at even / odd positions of each batch, rows ``(a, j)`` with ``a`` (the x coordinate) major.
   Their sum gives ``Mx`` and ``P``; their difference gives the sign-flipped ``Mx_noise`` and
@@ -158,7 +158,7 @@ def _conv_sums(
         hidden_positions = hidden_size[0] * hidden_size[1]
         out_positions = v.shape[-2] * v.shape[-1]
         # Sx = Σ_p c_p x_p x_pᵀ = (x √c)(x √c)ᵀ: the authors' approximation that drops the
-        # cross-offset terms Σ_q x_(q,j) x_(q,j')ᵀ, j ≠ j' (MATH.md §5).
+        # cross-offset terms Σ_q x_(q,j) x_(q,j')ᵀ, j ≠ j' (docs/math.md §5).
         root_counts = reach_counts(pair.second, hidden_size, v).sqrt()  # type: ignore[arg-type]
         per_sample = 3 * d_x * hidden_positions + out_positions * (2 * d_x * slots + columns)
     else:
