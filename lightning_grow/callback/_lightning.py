@@ -1,4 +1,18 @@
-"""Lightning plumbing for the callback: quiet loss evaluation, DDP re-wrap, precision details."""
+"""Lightning plumbing for the callback: quiet loss evaluation, DDP re-wrap, precision details.
+
+Every private API of Lightning, DDP and torchmetrics that the package relies on is used here
+and nowhere else, each guarded by a test pinned to the version it was verified on
+(``tests/test_private_apis.py``):
+
+* ``trainer.fit_loop._should_accumulate()`` (Lightning): whether the batch that just ended is
+  followed by an optimizer step (:func:`should_accumulate`).
+* ``DistributedDataParallel._remove_autograd_hooks()`` (torch DDP): drop the old reducer's hooks
+  before re-wrapping (:func:`rewrap_ddp`).
+* ``Metric._defaults``, ``_update_count``, ``_computed``, ``_forward_cache`` (torchmetrics): a
+  metric's state, snapshotted and restored around the amplitude search (:func:`quiet_evaluation`).
+* ``strategy._start_method`` (Lightning DDP): whether ``ddp_spawn`` copies weights back into the
+  launching process (:func:`check_spawned_parent_can_reload`).
+"""
 
 from __future__ import annotations
 
@@ -53,6 +67,15 @@ def settle_gloo_at_exit(seconds: float = 0.2) -> None:
         return
     _gloo_exit_settled = True
     atexit.register(time.sleep, seconds)
+
+
+def should_accumulate(trainer: pl.Trainer) -> bool:
+    """Whether the batch that just ended only accumulates gradients (no optimizer step follows).
+
+    The callback may change the model only after a real optimizer step, never between a
+    backward and its step; Lightning keeps that answer in a private method of its fit loop.
+    """
+    return bool(trainer.fit_loop._should_accumulate())
 
 
 def rewrap_ddp(trainer: pl.Trainer) -> None:

@@ -25,6 +25,7 @@ from lightning_grow.callback._lightning import (
     quiet_evaluation,
     rewrap_ddp,
     settle_gloo_at_exit,
+    should_accumulate,
 )
 from lightning_grow.callback._spread import solve_spread
 from lightning_grow.callback._state import GrowthStateMixin
@@ -326,7 +327,7 @@ class GrowthCallback(GrowthStateMixin, Callback):
     ) -> None:
         # Never between a backward and its optimizer step: only after a real step, and on a
         # condition (global step) that is identical on every rank.
-        if trainer.fit_loop._should_accumulate() or self.schedule is None:
+        if should_accumulate(trainer) or self.schedule is None:
             return
         if self.schedule.ready_to_decide(trainer.global_step):
             self._decide(trainer, pl_module)
