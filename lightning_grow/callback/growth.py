@@ -38,12 +38,7 @@ from lightning_grow.callback._transport import (
 from lightning_grow.decision.budget import StatisticsPlan
 from lightning_grow.decision.planner import GrowthConfig, Solved, plan_growth
 from lightning_grow.decision.policy import GrowthSchedule, Phase
-from lightning_grow.reporting.events import (
-    GrowthEvent,
-    TimingPhase,
-    warn_no_samples,
-    zero_timings,
-)
+from lightning_grow.reporting.events import GrowthEvent, TimingPhase, warn_no_samples, zero_timings
 from lightning_grow.reporting.loggers import GrowthReporter
 from lightning_grow.solver.method import MethodName
 from lightning_grow.statistics.accumulator import LazyMoments, PairStatistics, reduce_statistics

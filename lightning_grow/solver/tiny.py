@@ -412,8 +412,7 @@ def compute_candidates(
         Frobenius cap on ``ΔW*`` (``None``: no cap).
     significance_margin
         ``z``, the one-sided normal quantile of the worst-case noise ratio (module docstring):
-        higher is stricter; 2.33 allows about 1 % false positives in the worst case,
-        ``GrowthCallback``'s 1.0 about 16 %.
+        higher is stricter; worst-case false positives: ≈ 1 % at 2.33, ≈ 16 % at 1.0 (callback).
     seed
         Seed of the random method's generator.
 
