@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_grow._moment_sums import SumLayout
-from lightning_grow.statistics import PairStatistics
-from lightning_grow.topology import find_growable_pairs
+from lightning_grow.statistics._moment_sums import SumLayout
+from lightning_grow.statistics.accumulator import PairStatistics
+from lightning_grow.topology.pairs import find_growable_pairs
 
 __all__ = ["accumulation_flops", "main"]
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_grow.surgery import count_parameters
+from lightning_grow.surgery.widen import count_parameters
 
 __all__ = [
     "RunResult",

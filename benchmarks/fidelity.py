@@ -1,7 +1,7 @@
 """First-order fidelity (issue 9, section 5): predicted vs measured loss decrease as γ → 0.
 
 A digits MLP ``64-16-16-10`` is trained (plain loop, protocol settings). Its last pair
-``fc2 → σ → head`` gets the TINY candidates of ``lightning_grow.tiny.compute_candidates`` on
+``fc2 → σ → head`` gets the TINY candidates of ``lightning_grow.solver.tiny.compute_candidates`` on
 exact moments of the whole training set (built in :mod:`benchmarks.pair_math`). With amplitude γ
 both α and ω are scaled by √γ, so the head's output changes by ``√γ Σ_k ω_k σ(√γ α_kᵀ x)``.
 The measured decrease ``L(0) - L(γ)`` (float64, same samples as the moments) is compared with
@@ -101,7 +101,7 @@ def measure_fidelity(
     -------
     FidelityResult
     """
-    from lightning_grow.tiny import compute_candidates
+    from lightning_grow.solver.tiny import compute_candidates
 
     seed_everything(seed)
     model = build_mlp((hidden, hidden), activation)

@@ -28,8 +28,8 @@ from benchmarks.scale import StepTimer, synthetic_cifar
 from lightning_grow import GrowthCallback
 from lightning_grow.models import ClassifierModule
 from lightning_grow.models.builders import CifarResNet18
-from lightning_grow.statistics import PairStatistics
-from lightning_grow.topology import find_growable_pairs
+from lightning_grow.statistics.accumulator import PairStatistics
+from lightning_grow.topology.pairs import find_growable_pairs
 
 
 def moment_errors(device: torch.device, channels: int, size: int) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 The moments are built here from the stacked per-sample vectors (float64, autograd on a summed
 loss), independently of the library's hooks, so that the λ comparison with GroMo and the
-first-order fidelity check test ``lightning_grow.tiny`` alone.
+first-order fidelity check test ``lightning_grow.solver.tiny`` alone.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_grow.moments import PairGeometry, PairMoments
+from lightning_grow.solver.moments import PairGeometry, PairMoments
 
 __all__ = ["PairSamples", "linear_geometry", "moments_from_samples", "pair_loss", "pair_samples"]
 

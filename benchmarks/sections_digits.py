@@ -219,11 +219,12 @@ def _yes(condition: bool, otherwise: str) -> str:
 
 
 def _lambda_comparison(suite: Suite, section: Section) -> None:
-    """λ of the trained pair ``fc2 → head`` by lightning_grow.tiny and by GroMo, same samples."""
+    """λ of the trained pair ``fc2 → head`` by lightning_grow.solver.tiny and by GroMo, same
+    samples."""
     from benchmarks.digits import build_mlp, train_plain
     from benchmarks.gromo_side import gromo_pair_lambdas
     from benchmarks.pair_math import linear_geometry, moments_from_samples, pair_samples
-    from lightning_grow.tiny import compute_candidates
+    from lightning_grow.solver.tiny import compute_candidates
 
     split = suite.split
     torch.manual_seed(0)
@@ -253,7 +254,8 @@ def _lambda_comparison(suite: Suite, section: Section) -> None:
     section.add(
         f"**λ on identical statistics.** MLP 64-16-16-10 (ReLU) after {epochs} epochs; pair "
         f"`fc2 → head` on all {len(features)} training samples (cross-entropy). Ours: "
-        "`lightning_grow.tiny.compute_candidates` on moments built from the stacked per-sample "
+        "`lightning_grow.solver.tiny.compute_candidates` on moments built from the stacked "
+        "per-sample "
         "x, h, v (float64, `damping=0`, `eig_cutoff=1e-12`); GroMo: `LinearGrowingModule` pair "
         "with the same weights, its own statistics (summed loss) and `compute_optimal_updates` "
         f"(TINY settings, float64, no thresholds). Largest |Δλ| / λ₁ = {float(difference):.1e} "

@@ -10,21 +10,21 @@ The public API::
     ResizeOnLoadMixin        load grown checkpoints into freshly built models
 """
 
-from lightning_grow.callback import GrowthCallback
-from lightning_grow.checkpoint import (
+from lightning_grow.callback.growth import GrowthCallback
+from lightning_grow.reporting.events import GrowthEvent
+from lightning_grow.reporting.loggers import GrowthReporter
+from lightning_grow.solver.linalg import SolveError
+from lightning_grow.solver.moments import PairGeometry, PairMoments
+from lightning_grow.solver.tiny import GrowthCandidates, compute_candidates
+from lightning_grow.statistics.accumulator import PairStatistics, reduce_statistics
+from lightning_grow.surgery.checkpoint import (
     ResizeOnLoadMixin,
     enable_resize_on_load,
     resize_to_state_dict,
 )
-from lightning_grow.events import GrowthEvent
-from lightning_grow.linalg import SolveError
-from lightning_grow.logging import GrowthReporter
-from lightning_grow.moments import PairGeometry, PairMoments
-from lightning_grow.optim import ParameterGrowth, replace_parameters
-from lightning_grow.statistics import PairStatistics, reduce_statistics
-from lightning_grow.surgery import NewNeurons, count_parameters, grow_pair
-from lightning_grow.tiny import GrowthCandidates, compute_candidates
-from lightning_grow.topology import (
+from lightning_grow.surgery.optim import ParameterGrowth, replace_parameters
+from lightning_grow.surgery.widen import NewNeurons, count_parameters, grow_pair
+from lightning_grow.topology.pairs import (
     GrowablePair,
     GrowthConfigurationError,
     find_growable_pairs,

@@ -28,7 +28,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from lightning_grow._summary import (
+from lightning_grow.callback._summary import (
     FitClock,
     fit_summary,
     format_summary,
@@ -37,8 +37,8 @@ from lightning_grow._summary import (
     validates_on_test_set,
     write_growth_plot,
 )
-from lightning_grow.console import write_line
 from lightning_grow.models import ClassifierModule
+from lightning_grow.reporting.console import write_line
 
 __all__ = ["GrowCLI", "main"]
 

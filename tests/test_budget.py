@@ -12,9 +12,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_grow import GrowthCallback
-from lightning_grow.budget import PairCost, pair_cost, pair_memory, plan_statistics
+from lightning_grow.decision.budget import PairCost, pair_cost, pair_memory, plan_statistics
 from lightning_grow.models import ClassifierModule
-from lightning_grow.moments import PairGeometry
+from lightning_grow.solver.moments import PairGeometry
 from tests.helpers import permissive_callback
 
 
@@ -160,7 +160,7 @@ def test_a_pair_over_the_memory_budget_is_skipped_and_the_others_grow() -> None:
 
     module = TwoPairs()
     pl.seed_everything(0, verbose=False)
-    from lightning_grow._discovery import discover_pairs
+    from lightning_grow.topology._discovery import discover_pairs
 
     _, pairs = discover_pairs(module, None, "auto")
     sizes = {pair.name: pair_memory(pair.geometry())[1] for pair in pairs}
@@ -176,7 +176,7 @@ def test_a_pair_over_the_memory_budget_is_skipped_and_the_others_grow() -> None:
 
 
 def test_a_failing_solve_skips_the_pair_with_a_warning_and_training_goes_on(monkeypatch) -> None:
-    import lightning_grow.planner as planner
+    import lightning_grow.decision.planner as planner
 
     real = planner.compute_candidates
     calls = {"n": 0}

@@ -177,7 +177,7 @@ def test_model_without_growable_pair_gives_a_clear_error() -> None:
 def test_unsupported_strategy_is_refused_with_a_clear_message() -> None:
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from lightning_grow._lightning import check_strategy
+    from lightning_grow.callback._lightning import check_strategy
 
     with pytest.raises(ValueError, match="FSDP"):
         check_strategy(FSDPStrategy())
@@ -240,7 +240,7 @@ def test_random_growth_preserves_the_function_at_installation() -> None:
 def test_quiet_evaluation_leaves_in_place_updated_metrics_untouched() -> None:
     from torchmetrics import MeanMetric
 
-    from lightning_grow._lightning import quiet_evaluation
+    from lightning_grow.callback._lightning import quiet_evaluation
 
     module = _Regression()
     module.tracked = MeanMetric()

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_grow import GrowthCallback
-from lightning_grow.checkpoint import ResizeOnLoadMixin
+from lightning_grow.surgery.checkpoint import ResizeOnLoadMixin
 from tests.helpers import permissive_callback
 
 # Tensors crossing into spawned processes fail with the default strategy on this kind of machine.

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_grow.callback as callback_module
+import lightning_grow.callback.growth as callback_module
 from lightning_grow import GrowthCallback
-from lightning_grow.checkpoint import ResizeOnLoadMixin
-from lightning_grow.surgery import grow_pair
-from lightning_grow.topology import GrowthConfigurationError
+from lightning_grow.surgery.checkpoint import ResizeOnLoadMixin
+from lightning_grow.surgery.widen import grow_pair
+from lightning_grow.topology.pairs import GrowthConfigurationError
 from tests.helpers import permissive_callback
 from tests.test_callback import _Regression, _regression_loader, _trainer
 

@@ -13,13 +13,13 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_grow.checkpoint import (
+from lightning_grow.surgery.checkpoint import (
     ResizeOnLoadMixin,
     enable_resize_on_load,
     resize_to_state_dict,
 )
-from lightning_grow.surgery import NewNeurons, grow_pair
-from lightning_grow.topology import GrowablePair
+from lightning_grow.surgery.widen import NewNeurons, grow_pair
+from lightning_grow.topology.pairs import GrowablePair
 
 # ---------------------------------------------------------------------------------------------
 # resize_to_state_dict and the pre-hook on plain modules

@@ -26,10 +26,10 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_grow._lightning import settle_gloo_at_exit
-from lightning_grow.console import architecture_rows, print_architecture
-from lightning_grow.events import GrowthEvent
-from lightning_grow.logging import GrowthReporter, PairMetricNames, event_table_columns
+from lightning_grow.callback._lightning import settle_gloo_at_exit
+from lightning_grow.reporting.console import architecture_rows, print_architecture
+from lightning_grow.reporting.events import GrowthEvent
+from lightning_grow.reporting.loggers import GrowthReporter, PairMetricNames, event_table_columns
 
 # Tensors crossing into spawned processes fail with the default strategy on this kind of machine.
 torch.multiprocessing.set_sharing_strategy("file_system")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_grow._lightning import merge_batches
+from lightning_grow.callback._lightning import merge_batches
 from tests.helpers import permissive_callback
 
 Sample = namedtuple("Sample", ["image", "label"])

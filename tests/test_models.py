@@ -15,7 +15,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from lightning_grow.data import DigitsDataModule
 from lightning_grow.models import CNN, MLP, CifarResNet18, ClassifierModule, resnet18
-from lightning_grow.topology import find_growable_pairs
+from lightning_grow.topology.pairs import find_growable_pairs
 
 
 def _from_config(config: dict) -> nn.Module:

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import nn
 
-from lightning_grow.optim import ParameterGrowth, check_replaceable, replace_parameters
+from lightning_grow.surgery.optim import ParameterGrowth, check_replaceable, replace_parameters
 
 # name → (constructor, hyperparameters). Weight decay is on, so the parameters' values matter.
 OPTIMIZERS = {

@@ -10,8 +10,8 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
-from lightning_grow.events import GrowthEvent
-from lightning_grow.plot import GrowthCurves, growth_curves, plot_growth
+from lightning_grow.reporting.events import GrowthEvent
+from lightning_grow.reporting.plot import GrowthCurves, growth_curves, plot_growth
 
 CONV = "layer1.0.conv1 -> layer1.0.conv2"
 FC = "fc1 -> fc2"

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lightning_grow.amplitude import search_amplitude
-from lightning_grow.policy import GrowthSchedule, Phase, select_growth
+from lightning_grow.decision.amplitude import search_amplitude
+from lightning_grow.decision.policy import GrowthSchedule, Phase, select_growth
 
 
 def _candidates(gains: list[float], significant: int) -> SimpleNamespace:

@@ -7,9 +7,9 @@ import re
 import lightning.pytorch as pl
 import pytest
 
+from lightning_grow.callback.progress import EpochProgress
 from lightning_grow.data import DigitsDataModule
 from lightning_grow.models import MLP, ClassifierModule
-from lightning_grow.progress import EpochProgress
 
 
 def test_every_n_epochs_and_the_last_epoch_get_a_line(capsys):

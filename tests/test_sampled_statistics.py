@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_grow.statistics import PairStatistics
-from lightning_grow.topology import find_growable_pairs
+from lightning_grow.statistics.accumulator import PairStatistics
+from lightning_grow.topology.pairs import find_growable_pairs
 from tests.test_statistics import (
     F64,
     FIELDS,

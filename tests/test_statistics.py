@@ -12,8 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_grow.statistics import PairStatistics, reduce_statistics
-from lightning_grow.topology import GrowablePair, GrowthConfigurationError, find_growable_pairs
+from lightning_grow.statistics.accumulator import PairStatistics, reduce_statistics
+from lightning_grow.topology.pairs import (
+    GrowablePair,
+    GrowthConfigurationError,
+    find_growable_pairs,
+)
 
 F64 = torch.float64
 FIELDS = ("S", "M", "Sx", "Mx", "P", "v_sq", "Mx_noise", "P_noise")

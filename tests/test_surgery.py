@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import lightning_grow.optim as optim_module
-import lightning_grow.surgery as surgery_module
-from lightning_grow.surgery import NewNeurons, count_parameters, grow_pair
-from lightning_grow.topology import GrowablePair
+import lightning_grow.surgery.optim as optim_module
+import lightning_grow.surgery.widen as surgery_module
+from lightning_grow.surgery.widen import NewNeurons, count_parameters, grow_pair
+from lightning_grow.topology.pairs import GrowablePair
 
 PROPERTY_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -11,9 +11,9 @@ from test_surgery import assert_unchanged, build_pair, random_neurons, snapshot
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from lightning_grow.optim import OptimizerReplacement
-from lightning_grow.surgery import ModuleEdit, all_or_nothing, grow_pair
-from lightning_grow.topology import GrowablePair
+from lightning_grow.surgery.optim import OptimizerReplacement
+from lightning_grow.surgery.widen import ModuleEdit, all_or_nothing, grow_pair
+from lightning_grow.topology.pairs import GrowablePair
 
 
 def trained(kind: str, seed: int = 0):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from test_tiny_reference import DTYPE, ConvSetup, random_conv_pair
 
-from lightning_grow.tiny import bottleneck_correlation, compute_candidates
+from lightning_grow.solver.tiny import bottleneck_correlation, compute_candidates
 
 SETUPS = [
     ConvSetup(),  # stride 1, padding 1 on both layers

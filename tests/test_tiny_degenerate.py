@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from test_tiny_reference import DTYPE, ConvSetup, linear_moments, random_conv_pair, with_bias
 
-import lightning_grow.linalg as linalg_module
-from lightning_grow.linalg import SolveError, pseudo_inverse_psd
-from lightning_grow.moments import PairGeometry
-from lightning_grow.tiny import compute_candidates
+import lightning_grow.solver.linalg as linalg_module
+from lightning_grow.solver.linalg import SolveError, pseudo_inverse_psd
+from lightning_grow.solver.moments import PairGeometry
+from lightning_grow.solver.tiny import compute_candidates
 
 RUNS = 20
 CALLBACK_MARGIN = 1.0  # GrowthCallback's default significance_margin

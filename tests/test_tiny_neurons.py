@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from test_tiny_reference import DTYPE, linear_moments, with_bias
 
-from lightning_grow.moments import PairGeometry
-from lightning_grow.tiny import compute_candidates
+from lightning_grow.solver.moments import PairGeometry
+from lightning_grow.solver.tiny import compute_candidates
 
 D_IN, HIDDEN, D_V, N = 6, 3, 4, 120
 GEOMETRY = PairGeometry("linear", D_IN, HIDDEN, D_V, first_bias=True, second_bias=True)

@@ -1,7 +1,7 @@
 """Reference moments for the TINY tests, built from stacked per-sample data with explicit loops.
 
-Nothing here comes from ``lightning_grow.statistics``: every pair is described by per-sample
-slot data ``X[i, q, j]`` (the ``x`` feeding slot ``j`` of output position ``q``, zero on
+Nothing here comes from ``lightning_grow.statistics.accumulator``: every pair is described by
+per-sample slot data ``X[i, q, j]`` (the ``x`` feeding slot ``j`` of output position ``q``, zero on
 padding), ``H[i, q]`` (the input of ``second`` at ``q``) and ``V[i, q]`` (the desired update
 at ``q``), and the moments are the plain sums of MATH.md §2/§5. The tests in this file check
 the builders themselves against real ``F.conv2d`` / ``F.linear`` calls, so that the other test
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_grow.moments import PairGeometry, PairMoments
+from lightning_grow.solver.moments import PairGeometry, PairMoments
 
 DTYPE = torch.float64
 

@@ -10,8 +10,8 @@ import torch
 from scipy.stats import f as f_distribution
 from test_tiny_reference import DTYPE, ConvSetup, linear_moments, random_conv_pair, with_bias
 
-from lightning_grow.moments import PairGeometry
-from lightning_grow.tiny import compute_candidates, noise_multiplier
+from lightning_grow.solver.moments import PairGeometry
+from lightning_grow.solver.tiny import compute_candidates, noise_multiplier
 
 TRIALS = 100
 

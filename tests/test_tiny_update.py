@@ -7,14 +7,14 @@ import pytest
 import torch
 from test_tiny_reference import DTYPE, linear_moments, with_bias
 
-from lightning_grow.linalg import (
+from lightning_grow.solver.linalg import (
     SolveError,
     inverse_sqrt_psd,
     optimal_update,
     pseudo_inverse_psd,
 )
-from lightning_grow.moments import PairGeometry, PairMoments
-from lightning_grow.tiny import compute_candidates
+from lightning_grow.solver.moments import PairGeometry, PairMoments
+from lightning_grow.solver.tiny import compute_candidates
 
 
 def _regression_data(n: int, d_in: int, hidden: int, d_v: int, seed: int):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
-from lightning_grow.topology import (
+from lightning_grow.topology.pairs import (
     GrowablePair,
     GrowthConfigurationError,
     find_growable_pairs,

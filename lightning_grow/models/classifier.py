@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_grow.checkpoint import ResizeOnLoadMixin
+from lightning_grow.surgery.checkpoint import ResizeOnLoadMixin
 
 __all__ = ["ClassifierModule"]
 

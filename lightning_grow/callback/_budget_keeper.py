@@ -1,0 +1,287 @@
+"""Keeping growth inside its compute and memory budget, for the callback (no Lightning here).
+
+:class:`BudgetKeeper` does three things, all decided on rank 0 and shared by broadcast so that
+every rank follows the same schedule:
+
+1. **Admission.** Pairs whose decision would need more memory than ``memory_budget`` are left
+   out of growth, with a warning that names them, their size and the fix.
+2. **Calibration and planning.** During the first training batch it records the spatial and
+   sequence sizes each pair sees and times the training step, measures the device's GEMM
+   throughput once, and plans the statistics windows (``budget.plan_statistics``):
+   which pairs collect together, for how long, on how many images and positions.
+3. **Pacing.** For networks whose statistics are subsampled (expensive ones), after each
+   decision it compares the time spent in solves and amplitude searches with the time spent
+   training and, when they are ahead of their share (half the budget), makes the next window
+   wait until training has caught up. Small networks' decisions cost milliseconds of overhead
+   and are not paced (it would only slow their growth, and make it depend on timings).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_grow.decision.budget import (
+    PairCost,
+    StatisticsPlan,
+    gemm_throughput,
+    pair_cost,
+    pair_memory,
+    plan_statistics,
+)
+from lightning_grow.topology.pairs import GrowablePair
+
+__all__ = ["BudgetKeeper", "default_memory_budget"]
+
+_MiB = 2**20
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Bytes one pair's decision may use: an eighth of the device's memory (RAM on the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 8
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 16 * 2**30
+    return int(total) // 8
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / _MiB:,.0f} MiB"
+
+
+class BudgetKeeper:
+    """Admission, statistics plan and pacing of one fit (see module docstring).
+
+    Parameters
+    ----------
+    compute_budget
+        Share of the training time growth may add (``None``: no limit; statistics use every
+        sample and every pair collects in every window, as without a budget).
+    memory_budget
+        Bytes one pair's decision may use (``None``: no limit; ``"auto"``:
+        :func:`default_memory_budget`).
+    """
+
+    def __init__(self, compute_budget: float | None, memory_budget: int | str | None) -> None:
+        self.compute_budget = compute_budget
+        self.memory_budget = memory_budget
+        self.memory: dict[str, tuple[int, int]] = {}
+        self._rows: dict[str, int] = {}
+        self._positions: dict[str, int] = {}
+        self._handles: list[Any] = []
+        self._batch_starts: list[float] = []
+        self.step_seconds = math.nan
+        self._fit_started: float | None = None
+        self._growth_seconds = 0.0
+        self._restored = False
+        self.throughput = math.nan
+        self._costs: list[PairCost] = []
+        self._plan_options: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ admission
+    def admit(
+        self, pairs: Sequence[GrowablePair], device: torch.device, warn: bool
+    ) -> list[GrowablePair]:
+        """The pairs whose decision fits the memory budget; warn about the others."""
+        budget = self.memory_budget
+        if budget == "auto":
+            budget = default_memory_budget(device)
+        admitted = []
+        for pair in pairs:
+            self.memory[pair.name] = pair_memory(pair.geometry())
+            needed = self.memory[pair.name][1]
+            if budget is not None and needed > int(budget):
+                if warn:
+                    warnings.warn(
+                        f"GrowthCallback: pair {pair.name} is left out of growth: its decision "
+                        f"needs about {_megabytes(needed)}, above the memory budget of "
+                        f"{_megabytes(int(budget))} (d_x = {pair.geometry().d_x}). Raise "
+                        "memory_budget= to grow it; the other pairs grow.",
+                        stacklevel=2,
+                    )
+                continue
+            admitted.append(pair)
+        return admitted
+
+    # ------------------------------------------------------------------ calibration
+    def start(self, pairs: Sequence[GrowablePair]) -> None:
+        """Hook the pairs to record the sizes they see during the calibration batches."""
+        self.stop()
+        self._batch_starts = []
+        for pair in pairs:
+            self._handles.append(pair.second.register_forward_hook(self._recorder(pair)))
+
+    def _recorder(self, pair: GrowablePair) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple, output: Any) -> None:
+            if not isinstance(output, Tensor) or output.dim() < 2:
+                return
+            if isinstance(module, nn.Conv2d):
+                self._positions[pair.name] = output.shape[-2] * output.shape[-1]
+            elif output.dim() > 2:  # a sequence: every leading position is a row
+                self._rows[pair.name] = output.numel() // (output.shape[0] * output.shape[-1])
+
+        return record
+
+    def stop(self) -> None:
+        """Remove the calibration hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def observe_batch_start(self) -> None:
+        """Time the training batches before the plan: the step time is the last interval.
+
+        The first batch's interval includes one-off warm-up, so it overstates the step a
+        little (more generous budget); on the CPU, measured windows correct it
+        (:meth:`recalibrate`).
+        """
+        now = time.perf_counter()
+        if self._fit_started is None:
+            self._fit_started = now
+        self._batch_starts.append(now)
+        if len(self._batch_starts) >= 2 and not self._restored:
+            self.step_seconds = self._batch_starts[-1] - self._batch_starts[-2]
+            self.stop()
+
+    # ------------------------------------------------------------------ planning
+    def plan(
+        self,
+        pairs: Sequence[GrowablePair],
+        window_samples: Callable[[GrowablePair], int],
+        *,
+        batch_size: int,
+        world_size: int,
+        max_window_steps: int | None,
+        device: torch.device,
+    ) -> StatisticsPlan:
+        """The statistics plan (compute it on rank 0 and broadcast it)."""
+        costs: list[PairCost] = [
+            pair_cost(
+                pair.name,
+                pair.geometry(),
+                rows_per_image=self._rows.get(pair.name, 1),
+                output_positions=self._positions.get(pair.name, 1),
+                window_samples=window_samples(pair),
+            )
+            for pair in pairs
+        ]
+        budget = self.compute_budget
+        self.throughput = gemm_throughput(device) if budget is not None else 1.0
+        self._costs = costs
+        self._plan_options = {
+            "batch_size": batch_size,
+            "world_size": world_size,
+            "max_window_steps": max_window_steps,
+        }
+        return self._plan_now()
+
+    def _plan_now(self) -> StatisticsPlan:
+        budget = self.compute_budget
+        # Half the budget for statistics; decisions are paced to the other half.
+        return plan_statistics(
+            self._costs,
+            step_seconds=self.step_seconds if budget is not None else 1.0,
+            flops_per_second=self.throughput,
+            budget=None if budget is None else budget / 2,
+            **self._plan_options,
+        )
+
+    def recalibrate(
+        self, plan: StatisticsPlan, group: int, measured_seconds: float, device: torch.device
+    ) -> StatisticsPlan | None:
+        """A new plan when a window's statistics missed the budget by far, else ``None``.
+
+        The GEMM throughput of the cost model is a single product's; hooks, gathers and small
+        products make real windows slower (or larger products faster). When a subsampled
+        window's measured statistics time is over 1.5× its share of the step, or under 1/1.5 of
+        it, the throughput is corrected by the measured-to-planned ratio and the windows are
+        planned again. Only on the CPU: on accelerators the hooks time kernel launches.
+        """
+        if self.compute_budget is None or device.type != "cpu" or not self._costs:
+            return None
+        steps = plan.window_steps[group]
+        planned, measured = plan.seconds_per_step[group], measured_seconds / max(steps, 1)
+        allowed = self.compute_budget / 2 * self.step_seconds
+        if planned <= 0 or measured <= 0:
+            return None
+        subsampled = plan.subsampled(plan.groups[group])
+        # A window that gathers everything is left alone: there the time is hook overhead per
+        # batch (small networks), which drawing fewer images would not reduce, only blind.
+        if not subsampled or allowed / 1.5 < measured < 1.5 * allowed:
+            return None
+        ratio = measured / planned
+        self.throughput /= ratio
+        return self._plan_now()
+
+    def describe(self, plan: StatisticsPlan) -> str:
+        """A table of the plan and the memory of every pair, for the console."""
+        lines = [
+            "GrowthCallback statistics plan"
+            + (
+                ""
+                if self.compute_budget is None
+                else f" (budget {self.compute_budget:.0%} of a {self.step_seconds * 1e3:.0f} ms "
+                "training step)"
+            ),
+            f"{'pair':<40} {'group':>5} {'window':>7} {'images':>7} {'positions':>9} "
+            f"{'buffers':>10} {'decision':>10}",
+        ]
+        for index, (group, steps) in enumerate(zip(plan.groups, plan.window_steps)):
+            for name in group:
+                sampling = plan.sampling[name]
+                stats_bytes, decision_bytes = self.memory.get(name, (0, 0))
+                lines.append(
+                    f"{name:<40} {index:>5} {steps:>7} "
+                    f"{sampling.images_per_batch or 'all':>7} {sampling.positions or 'all':>9} "
+                    f"{_megabytes(stats_bytes):>10} {_megabytes(decision_bytes):>10}"
+                )
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ pacing
+    def pacing_wait(self, growth_seconds: float, steps_per_second_unit: float) -> int:
+        """Steps the next window should wait so that paced work stays within half the budget.
+
+        Parameters
+        ----------
+        growth_seconds
+            Time spent in the paced work (solves and searches of subsampled groups) since the
+            last call.
+        steps_per_second_unit
+            Seconds of one optimizer step of training.
+        """
+        self._growth_seconds += growth_seconds
+        if self.compute_budget is None or self._fit_started is None:
+            return 0
+        elapsed = time.perf_counter() - self._fit_started
+        training = elapsed - self._growth_seconds
+        behind = self._growth_seconds / (self.compute_budget / 2) - training
+        if behind <= 0 or not math.isfinite(steps_per_second_unit) or steps_per_second_unit <= 0:
+            return 0
+        return math.ceil(behind / steps_per_second_unit)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, float]:
+        """The calibration and the pacing account, so that a resumed fit continues them."""
+        elapsed = 0.0 if self._fit_started is None else time.perf_counter() - self._fit_started
+        return {
+            "step_seconds": self.step_seconds,
+            "growth_seconds": self._growth_seconds,
+            "elapsed_seconds": elapsed,
+        }
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Continue a calibrated fit (no new calibration batches)."""
+        self.stop()
+        self.step_seconds = float(state["step_seconds"])
+        self._growth_seconds = float(state["growth_seconds"])
+        self._fit_started = time.perf_counter() - float(state["elapsed_seconds"])
+        self._restored = True

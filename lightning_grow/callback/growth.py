@@ -1,0 +1,494 @@
+"""GrowthCallback: the TINY growth cycle inside Lightning's training loop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.data import extract_batch_size
+from torch import nn
+
+from lightning_grow.callback._arguments import check_arguments, check_max_width_keys, check_network
+from lightning_grow.callback._budget_keeper import BudgetKeeper
+from lightning_grow.callback._lightning import (
+    LossFn,
+    check_spawned_parent_can_reload,
+    check_strategy,
+    default_loss,
+    gradient_scale,
+    merge_batches,
+    quiet_evaluation,
+    rewrap_ddp,
+    settle_gloo_at_exit,
+    should_accumulate,
+)
+from lightning_grow.callback._spread import solve_spread
+from lightning_grow.callback._state import GrowthStateMixin
+from lightning_grow.callback._transport import (
+    DecisionPayload,
+    GrowthPayload,
+    fit_to_current_shapes,
+    to_payload,
+)
+from lightning_grow.decision.budget import StatisticsPlan
+from lightning_grow.decision.planner import GrowthConfig, Solved, plan_growth
+from lightning_grow.decision.policy import GrowthSchedule, Phase
+from lightning_grow.reporting.events import GrowthEvent, TimingPhase, warn_no_samples, zero_timings
+from lightning_grow.reporting.loggers import GrowthReporter
+from lightning_grow.solver.method import MethodName
+from lightning_grow.statistics.accumulator import LazyMoments, PairStatistics, reduce_statistics
+from lightning_grow.surgery.checkpoint import enable_resize_on_load, warn_if_not_reloadable
+from lightning_grow.surgery.widen import NewNeurons, all_or_nothing, count_parameters, grow_pair
+from lightning_grow.topology._discovery import discover_pairs
+from lightning_grow.topology.facts import pair_parameters
+from lightning_grow.topology.pairs import GrowablePair, PairName
+
+__all__ = ["GrowthCallback"]
+
+
+class GrowthCallback(GrowthStateMixin, Callback):
+    """Grow a plain ``torch.nn`` network while it trains, with TINY's optimal new neurons.
+
+    During ordinary training steps the callback gathers, for every growable layer pair, the
+    moments of docs/math.md §2 (hooks, no extra passes). At each decision it computes the
+    expressivity bottleneck and the optimal new neurons of every pair, keeps the neurons that are
+    statistically significant and realise enough of the desired update, scales them by a line
+    search on held-out training batches, widens the layers, re-points the optimizer (momentum and
+    Adam moments kept) and logs the event.
+
+    Every argument is keyword-only and has a default that suits a typical small model.
+
+    Parameters
+    ----------
+    pairs
+        ``"auto"`` (discover every growable pair with torch.fx), a list of explicit pairs
+        (``"fc1 -> fc2"``, ``("fc1", "fc2")`` or ``{"first", "second", "batch_norm",
+        "activation"}``, names relative to ``network``), or a predicate that filters the
+        discovered pairs.
+    network
+        Attribute name of the network inside the LightningModule (e.g. ``"backbone"``).
+        ``None``: trace the LightningModule itself, else its largest child module.
+    method
+        ``"tiny"`` (optimal neurons), ``"gradmax"`` (α = 0, ω from the gradient) or ``"random"``
+        (Kaiming α, ω = 0). Where and how many neurons are added is decided by TINY's analysis for
+        every method, so methods compare at the same schedule. GradMax behind a ReLU-family
+        activation is not exactly function-preserving: a zero fan-in unit would never receive a
+        gradient (ReLU'(0) = 0), so each new unit gets the constant pre-activation 0.01 (its
+        bias or its BatchNorm's bias; without either, input weights of size 1e-3), which adds
+        0.01 × its output weights to ``second``'s output (away from a convolution's padded
+        border); the event's ``loss_after`` includes that change.
+    warmup_steps
+        Optimizer steps before the first statistics window.
+    statistics_samples
+        Samples per statistics window and pair (output positions, for a conv→conv pair).
+        ``None``: ``max(512, 2 × the pair's largest moment dimension)``, so bigger layers get
+        more samples.
+    compute_budget
+        Share of the training time that growth (statistics, solves, amplitude search, surgery)
+        may add: the default 0.1 keeps a step within 1.1× its time without growth. Half of it
+        goes to statistics: when gathering every sample would cost more, the callback draws a
+        random subset of images and, for convolutions, of output positions (an unbiased
+        estimate), spreads a window over more steps, and serves the pairs in turn when all at
+        once would make windows too long. Decisions are paced to the other half. The budget is
+        measured on the first batches (step time, matrix throughput) and printed with the plan.
+        ``None``: every sample of every step, every pair at once, no pacing.
+    memory_budget
+        Bytes one pair's decision may use (its statistics buffers plus the float64 solve; see
+        the plan table). Pairs above it are left out with a warning and the rest grow.
+        ``"auto"``: an eighth of the device's memory (of the RAM on a CPU). ``None``: no limit.
+    held_samples
+        Training samples held out (after each window) for the amplitude search. Batches of
+        tensors are concatenated so that each trial is one ``training_step`` call.
+    cooldown_steps
+        Optimizer steps between a decision and the next window.
+    max_window_extensions
+        When a pair does not grow, its statistics keep accumulating through up to this many
+        further windows (more samples make weaker bottlenecks significant) before they restart.
+        The default, 15, lets a test see 16 windows (8k samples for small layers): enough for
+        a teacher–student student to find its last few neurons, where 8 windows stopped it
+        short of the teacher's width.
+    stop_step, stop_epoch, stop_fraction
+        No growth at or after this optimizer step, epoch, or fraction of the estimated total
+        steps. The default, 0.6, leaves the last 40 % of training to the final network; at 0.5
+        slow-growing runs were cut off short of their size (teacher–student: 4 of 10 students
+        stopped at width 26–30 with 3–7× the MSE of width 32), while runs whose growth had
+        settled earlier (digits CNN) are unchanged.
+    patience
+        After this many consecutive exhausted windows in which no pair had a significant neuron,
+        pause growth for as many steps as it has gone without one, then look again (``None``:
+        never pause). Pauses grow with every idle stretch, so an idle search costs ever less,
+        while a network that training has moved to a new bottleneck still gets it fixed.
+    gain_threshold
+        Minimum expressivity gain, the share ``λ_k² / E‖v‖²`` of the desired update, that each
+        new neuron must realise.
+    significance_margin
+        How far above the sampling-noise floor a singular value must be to count as signal, in
+        standard deviations of the worst-case noise law (see ``lightning_grow.solver.tiny``). 1.0
+        admits at most ~16 % false positives per pair and decision in the worst case (far fewer for
+        isotropic noise); each accepted neuron must still lower the held-out loss.
+    max_neurons_per_event
+        Cap on neurons per pair per decision. ``None``: the pair's current width (at most
+        doubling).
+    max_width
+        Width cap for every pair, or a ``{pair name: cap}`` mapping.
+    max_parameters
+        Parameter budget of the network; pairs with the best gain per parameter are served first.
+    min_loss_decrease
+        Minimum relative loss decrease on the held-out batches for TINY neurons to be accepted.
+    amplitude_range
+        Smallest and largest amplitude of the doubling line search.
+    loss_fn
+        ``loss_fn(pl_module, batch) -> loss`` for the amplitude search. ``None``: the module's
+        ``training_step``, called in eval mode without gradients, several times per pair and
+        decision (each event's ``training_step_calls``; e.g. 213 calls for 32 optimizer
+        steps). Its logging and metric updates are suppressed; any other side effect (a counter,
+        an EMA, random draws, prints) happens at every call: pass a pure ``loss_fn`` then.
+    loss_reduction
+        How the training loss reduces over the batch (``"mean"`` or ``"sum"``); per-sample
+        gradients are recovered from it.
+    seed
+        Seed for random initialisations (broadcast from rank 0 under DDP).
+    verbose
+        One console line per growth and a final architecture table (rank 0).
+    wandb_tables
+        With a ``WandbLogger``: log a growth-events table and a width chart.
+    """
+
+    #: Under DDP, spread each decision's solves over the ranks (one rank per pair, in turn).
+    spread_solves: bool = True
+
+    def __init__(
+        self,
+        *,
+        pairs: str | Sequence[PairName] | Callable[[GrowablePair], bool] = "auto",
+        network: str | None = None,
+        method: MethodName = "tiny",
+        warmup_steps: int = 0,
+        statistics_samples: int | None = None,
+        compute_budget: float | None = 0.1,
+        memory_budget: int | Literal["auto"] | None = "auto",
+        held_samples: int = 256,
+        cooldown_steps: int = 0,
+        max_window_extensions: int = 15,
+        stop_step: int | None = None,
+        stop_epoch: int | None = None,
+        stop_fraction: float | None = 0.6,
+        patience: int | None = 3,
+        gain_threshold: float = 0.001,
+        significance_margin: float = 1.0,
+        max_neurons_per_event: int | None = None,
+        max_width: int | dict[str, int] | None = None,
+        max_parameters: int | None = None,
+        min_loss_decrease: float = 1e-3,
+        amplitude_range: tuple[float, float] = (2.0**-12, 64.0),
+        loss_fn: LossFn | None = None,
+        loss_reduction: Literal["mean", "sum"] = "mean",
+        seed: int = 0,
+        verbose: bool = True,
+        wandb_tables: bool = True,
+    ) -> None:
+        check_arguments(locals())
+        self.pairs_spec = pairs
+        self.network_name = network
+        self.warmup_steps = warmup_steps
+        self.statistics_samples = statistics_samples
+        self.held_samples = held_samples
+        self.cooldown_steps = cooldown_steps
+        self.max_window_extensions = max_window_extensions
+        self.stop_step, self.stop_epoch, self.stop_fraction = stop_step, stop_epoch, stop_fraction
+        self.patience = patience
+        self.loss_fn = loss_fn
+        self.loss_reduction = loss_reduction
+        self.config = GrowthConfig(
+            method=method,
+            gain_threshold=gain_threshold,
+            max_neurons_per_event=max_neurons_per_event,
+            max_width=max_width,
+            max_parameters=max_parameters,
+            min_loss_decrease=min_loss_decrease,
+            amplitude_range=tuple(amplitude_range),  # type: ignore[arg-type]
+            seed=seed,
+            solver_options={"significance_margin": significance_margin},
+        )
+        self.reporter = GrowthReporter(verbose=verbose, wandb_tables=wandb_tables)
+        self.verbose = verbose
+        self.budget = BudgetKeeper(compute_budget, memory_budget)
+        self.plan: StatisticsPlan | None = None
+        self._growing: list[GrowablePair] = []
+        self._group = 0
+        self._accumulate = 1
+
+        self.pairs: list[GrowablePair] = []
+        self.network: nn.Module | None = None
+        self.history: list[GrowthEvent] = []
+        self.initial_widths: dict[str, int] = {}
+        self.timings: dict[str, float] = zero_timings()
+        self.schedule: GrowthSchedule | None = None
+        self._statistics: dict[str, PairStatistics] = {}
+        self._extensions: dict[str, int] = {}
+        self._held: list[Any] = []
+        self._pending_state: dict[str, Any] | None = None
+        # The in-flight window and held batches as fit ended, for a checkpoint saved after fit.
+        self._kept_in_flight: dict[str, Any] | None = None
+        self._warned_no_samples = False
+
+    # ------------------------------------------------------------------ setup and teardown
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            check_strategy(trainer.strategy)
+            check_spawned_parent_can_reload(trainer, pl_module)
+            settle_gloo_at_exit()
+        # Grown checkpoints hold larger tensors than a freshly built model: resize on load.
+        enable_resize_on_load(pl_module)
+        if stage != "fit":
+            return
+        check_network(pl_module, self.network_name)
+        self.network, self.pairs = discover_pairs(pl_module, self.network_name, self.pairs_spec)
+        check_max_width_keys(self.config.max_width, [pair.name for pair in self.pairs])
+        if not self.initial_widths:
+            self.initial_widths = {pair.name: pair.width for pair in self.pairs}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._kept_in_flight = None
+        device = self.pairs[0].first.weight.device
+        self._growing = self.budget.admit(self.pairs, device, warn=trainer.is_global_zero)
+        if not self._growing and trainer.is_global_zero:
+            rank_zero_warn("GrowthCallback: no pair fits the memory budget; nothing will grow.")
+        self._statistics = {pair.name: self._new_statistics(pair) for pair in self._growing}
+        self._extensions = {pair.name: 0 for pair in self._growing}
+        self.schedule = None
+        if self._pending_state is None:
+            self.plan = None
+        self.budget.start(self._growing)
+        self.reporter.on_fit_start(trainer, self.widths, self.total_parameters, self.history)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._keep_in_flight()
+        self._remove_statistics()
+        warn_if_not_reloadable(pl_module, grew=any(e.accepted for e in self.history))
+        self.reporter.on_fit_end(
+            trainer,
+            self.initial_widths,
+            self.widths,
+            {pair.name: pair_parameters(pair) for pair in self.pairs},
+            self.total_parameters,
+        )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._keep_in_flight()  # also when fit was interrupted (on_fit_end did not run)
+        self._remove_statistics()
+        self._held = []
+
+    # ------------------------------------------------------------------ the cycle
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._growing:
+            return
+        if self.schedule is None:
+            if self._pending_state is not None and "plan" in self._pending_state:
+                self.plan = StatisticsPlan.from_dict(self._pending_state["plan"])
+                self.budget.load_state_dict(self._pending_state["budget"])
+            self.schedule = self._build_schedule(trainer, batch)
+        elif self.plan is None:
+            self._plan_statistics(trainer)  # the first batch was timed: plan, then flush it
+        phase = self.schedule.advance(trainer.global_step)
+        if phase is Phase.COLLECT:
+            scale = gradient_scale(trainer)
+            for name in self._serving():
+                statistics = self._statistics[name]
+                statistics.gradient_scale = scale
+                if not statistics.is_open:
+                    statistics.open(defer=self.plan is None)
+            return
+        self._close_statistics()
+        if phase is Phase.HOLD and trainer.is_global_zero:
+            self._held.append(batch)
+        elif phase is Phase.STOPPED:
+            self._remove_statistics()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # Never between a backward and its optimizer step: only after a real step, and on a
+        # condition (global step) that is identical on every rank.
+        if should_accumulate(trainer) or self.schedule is None:
+            return
+        if self.schedule.ready_to_decide(trainer.global_step):
+            self._decide(trainer, pl_module)
+
+    def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.schedule is not None
+        started = time.perf_counter()
+        statistics = [self._statistics[name] for name in self._serving()]
+        if trainer.world_size > 1:
+            reduce_statistics(statistics, lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+        hook_seconds = 0.0
+        for s in statistics:
+            hook_seconds += s.elapsed_seconds
+            s.elapsed_seconds = 0.0
+        statistics_seconds = time.perf_counter() - started + hook_seconds
+
+        payload: DecisionPayload | None = None
+        failure: Exception | None = None
+        solved = None
+        if trainer.world_size > 1 and self.spread_solves:
+            serving = self._serving()
+            solved = solve_spread(
+                [pair for pair in self._growing if pair.name in serving],
+                LazyMoments({name: self._statistics[name] for name in serving}),
+                self.config,
+                decision_index=self.schedule.decisions,
+                rank=trainer.global_rank,
+                world_size=trainer.world_size,
+                broadcast=lambda obj, src: trainer.strategy.broadcast(obj, src=src),
+            )
+        if trainer.is_global_zero:
+            try:
+                payload = self._plan(trainer, pl_module, statistics_seconds, solved)
+                replanned = self.budget.recalibrate(
+                    self.plan, self._group, hook_seconds, self._growing[0].first.weight.device
+                )
+                payload.plan = None if replanned is None else replanned.to_dict()
+            except Exception as error:
+                # Every rank waits in the broadcast below: send the failure, raise everywhere.
+                payload = DecisionPayload(error=f"{type(error).__name__}: {error}")
+                failure = error
+        payload = trainer.strategy.broadcast(payload, src=0)
+        if payload.error is not None:
+            if failure is not None:
+                raise failure
+            raise RuntimeError(f"GrowthCallback decision failed on rank 0: {payload.error}")
+
+        geometries = {pair.name: pair.geometry() for pair in self.pairs}
+        started = time.perf_counter()
+        self._apply(trainer, payload.growth)
+        surgery_seconds = time.perf_counter() - started
+
+        events = [GrowthEvent.from_dict(record) for record in payload.events]
+        total = self.total_parameters  # counted after surgery: exact when neighbours both grew
+        for event in events:
+            event.total_parameters = total
+            event.timings[TimingPhase.SURGERY.value] = surgery_seconds / max(len(events), 1)
+            for phase, seconds in event.timings.items():
+                self.timings[phase] += seconds
+        self.history.extend(events)
+        extending = self._next_windows(trainer, geometries, events)
+        self._held = []
+        if payload.plan is not None:
+            self._follow_plan(StatisticsPlan.from_dict(payload.plan))
+        self._next_group()
+        self.schedule.decided(
+            trainer.global_step,
+            any_significant=payload.any_significant,
+            count_idle=not extending,
+            wait=payload.wait,
+        )
+        self.reporter.on_decision(trainer, events, self.widths, self.total_parameters)
+
+    def _plan(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        statistics_seconds: float,
+        solved: Solved | None,
+    ) -> DecisionPayload:
+        assert self.schedule is not None
+        # A window whose batches all had non-finite gradients (e.g. early fp16 AMP steps) has no
+        # samples: such pairs sit this decision out.
+        serving = self._serving()
+        moments = LazyMoments({name: self._statistics[name] for name in serving})
+        self._warned_no_samples = self._warned_no_samples or warn_no_samples(
+            {name: self._statistics[name] for name in serving}
+        )
+        loss_fn = self.loss_fn or default_loss
+        held = merge_batches(self._held)
+        calls = 0
+
+        def evaluate() -> float:
+            nonlocal calls
+            total, count = 0.0, 0
+            for batch in held:
+                calls += 1
+                size = extract_batch_size(batch)
+                total += float(loss_fn(pl_module, batch)) * size
+                count += size
+            return total / max(count, 1)
+
+        with quiet_evaluation(pl_module):
+            planned, events, any_significant = plan_growth(
+                [pair for pair in self._growing if pair.name in serving],
+                moments,
+                evaluate,
+                self.config,
+                total_parameters=self.total_parameters,
+                step=trainer.global_step,
+                epoch=trainer.current_epoch,
+                decision_index=self.schedule.decisions,
+                statistics_seconds=statistics_seconds,
+                solved=solved,
+            )
+        for event in events:
+            event.training_step_calls = calls
+        # Solves (d³) and searches (forward passes on held batches) are paced where statistics
+        # are subsampled, i.e. where the network is expensive. Small networks, whose decisions
+        # cost milliseconds of overhead, are not: pacing would only slow their growth.
+        phases = (TimingPhase.SOLVE, TimingPhase.SEARCH) if self.plan.subsampled(serving) else ()
+        paced = sum(event.timings[phase.value] for event in events for phase in phases)
+        steps = self.budget.step_seconds * trainer.accumulate_grad_batches
+        return DecisionPayload(
+            growth=[to_payload(item) for item in planned],
+            events=[event.to_dict() for event in events],
+            any_significant=any_significant,
+            wait=self.budget.pacing_wait(paced, steps),
+        )
+
+    def _apply(self, trainer: pl.Trainer, growth: list[GrowthPayload]) -> set[str]:
+        """Install the planned neurons on this rank; return the names of the grown pairs."""
+        by_name = {pair.name: pair for pair in self.pairs}
+        grown: set[str] = set()
+        # All pairs or none: a failure on one undoes the pairs grown before it.
+        with all_or_nothing() as journal:
+            for name, tensors in growth:
+                pair = by_name[name]
+                device = pair.first.weight.device
+                tensors = fit_to_current_shapes(pair, move_data_to_device(tensors, device))
+                neurons = NewNeurons(**tensors)
+                grow_pair(pair, neurons, trainer.optimizers, journal=journal)
+                grown.add(name)
+        if grown:
+            rewrap_ddp(trainer)
+        return grown
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def widths(self) -> dict[str, int]:
+        """Current hidden width of every pair."""
+        return {pair.name: pair.width for pair in self.pairs}
+
+    @property
+    def total_parameters(self) -> int:
+        """Parameters of the network being grown."""
+        if self.network is None:
+            return 0
+        return count_parameters(self.network)
+
+    def _close_statistics(self) -> None:
+        for statistics in self._statistics.values():
+            if statistics.is_open:
+                statistics.close()
+
+    def _remove_statistics(self) -> None:
+        for statistics in self._statistics.values():
+            statistics.remove()
+        self._statistics = {}
