@@ -53,10 +53,8 @@ is loosest). ``GrowthCallback`` passes its own default, ``significance_margin=1.
 Isotropic noise gives far fewer than the worst case (docs/math.md §6). Calibration
 (``tests/test_tiny_significance.py``, 100 seeded trials each):
 independent targets → 0 neurons in ≥ 95 %; a planted rank-``r`` linear signal with moderate
-noise → exactly ``r`` in ≥ 90 %. Known conservatism: ``N_noise`` also carries the sign-flipped
-fluctuation ``E[ε x xᵀ] Bᵀ`` of a real signal ``B``, which ``λ_{r+1}`` does not (``N`` is
-whitened with the same empirical ``Sx``), so strong signals raise the floor; a ``Sx_noise``
-moment would let it be subtracted. ``noise_level`` in the result is the full threshold.
+noise → exactly ``r`` in ≥ 90 % (strong signals raise the floor: docs/math.md §6).
+``noise_level`` in the result is the full threshold.
 
 Too few samples (:func:`enough_samples`)
 ----------------------------------------
@@ -66,10 +64,9 @@ with ``n = 2`` there are two sign patterns. For a linear pair each sample adds o
 ``N_noise`` have exactly the same singular values whatever the data: the correction (1) then
 lowers the floor below ``λ₁`` and noise is declared significant (null simulations with 6
 inputs: 100 % of pairs at ``n ≤ 2``, 33 % at ``n = 4``, 4 % at ``n = 8 > rank``, margin 1).
-Nothing is significant, then, unless ``n ≥ 2`` and, for linear pairs, ``n > rank(Sx)``. (A
-linear layer applied to tokens adds several rows per sample, so this bound is conservative
-there. Convolutions add a whole map per sample and are calibrated from ``n = 2`` on: 5 % at
-margin 1 for conv→conv, 16 % for conv→linear, the documented worst case.)
+Nothing is significant, then, unless ``n ≥ 2`` and, for linear pairs, ``n > rank(Sx)``.
+(Convolutions add a whole map per sample and are calibrated from ``n = 2`` on: 5 % at margin 1
+for conv→conv, 16 % for conv→linear, the documented worst case.)
 """
 
 from __future__ import annotations
@@ -433,20 +430,13 @@ def compute_candidates(
     count = rank_limit if max_neurons is None else max(0, min(max_neurons, rank_limit))
 
     # One eigendecomposition per matrix: S gives S⁺ and its root, Sx the whitener and its rank.
-    # The bias entries come last in h and x (lightning_grow.moments).
-    S_vectors, S_values = kept_spectrum(
-        moments.S,
-        eig_cutoff=eig_cutoff,
-        damping=damping,
-        constant_features=[geometry.d_h - 1] if geometry.second_bias else [],
-    )
+    # The bias entries come last in h and x (lightning_grow.solver.moments).
+    h_bias = [geometry.d_h - 1] if geometry.second_bias else []
+    x_bias = [geometry.d_x - 1] if geometry.first_bias else []
+    regularisation = {"eig_cutoff": eig_cutoff, "damping": damping}
+    S_vectors, S_values = kept_spectrum(moments.S, constant_features=h_bias, **regularisation)
     S_pinv = (S_vectors / S_values) @ S_vectors.T
-    Sx_vectors, Sx_values = kept_spectrum(
-        moments.Sx,
-        eig_cutoff=eig_cutoff,
-        damping=damping,
-        constant_features=[geometry.d_x - 1] if geometry.first_bias else [],
-    )
+    Sx_vectors, Sx_values = kept_spectrum(moments.Sx, constant_features=x_bias, **regularisation)
     delta_w, update_decrease = update_from_pseudo_inverse(
         moments.M, S_pinv, max_update_norm=max_update_norm
     )
