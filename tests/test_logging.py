@@ -12,6 +12,7 @@ import pickle
 import re
 import struct
 import sys
+import time
 import types
 import warnings
 from io import StringIO
@@ -234,11 +235,25 @@ def test_verbose_false_silences_console_but_not_loggers(tmp_path) -> None:
     _assert_expected(_csv_metrics_by_step(tmp_path / "csv" / "version_0" / "metrics.csv"))
 
 
-def _wandb_records(run_dir: Path) -> list:
-    """Records of a run's ``.wandb`` file (LevelDB log format: 32 KiB blocks, 7-byte headers)."""
+def _wandb_records(run_dir: Path, timeout_s: float = 120.0) -> list:
+    """Records of a run's ``.wandb`` file, once its exit record is written.
+
+    wandb's service process writes the file asynchronously: on a loaded machine ``wandb.finish()``
+    can return while the file still holds only its 7-byte header.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = _parse_wandb_file(next(run_dir.glob("run-*.wandb")).read_bytes())
+        done = any(record.WhichOneof("record_type") == "exit" for record in records)
+        if done or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+def _parse_wandb_file(data: bytes) -> list:
+    """Records of a ``.wandb`` file (LevelDB log format: 32 KiB blocks, 7-byte headers)."""
     from wandb.proto import wandb_internal_pb2
 
-    data = next(run_dir.glob("run-*.wandb")).read_bytes()
     block, position, pending, payloads = 32768, 7, b"", []  # 7: the W&B file header
     while position + 7 <= len(data):
         left = block - position % block
