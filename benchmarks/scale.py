@@ -31,8 +31,10 @@ import torchvision
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_grow import GrowthCallback
+from lightning_grow.decision.budget import statistics_flops
 from lightning_grow.models import ClassifierModule
 from lightning_grow.models.builders import CifarResNet18
 
@@ -88,6 +90,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def training_step_flops(network: nn.Module, images: torch.Tensor) -> float:
+    """FLOPs of one forward and backward pass of the initial network (torch's flop counter)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        network(images).sum().backward()
+    network.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
 def run(network: nn.Module, data: TensorDataset, steps: int, batch: int, grow: bool) -> dict:
     pl.seed_everything(0, verbose=False)
     model = ClassifierModule(
@@ -112,6 +123,7 @@ def run(network: nn.Module, data: TensorDataset, steps: int, batch: int, grow: b
         callbacks=callbacks,
     )
     loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
+    training_flops = training_step_flops(network, data.tensors[0][:batch])
     started = time.perf_counter()
     trainer.fit(model, loader)
     elapsed = time.perf_counter() - started
@@ -121,6 +133,7 @@ def run(network: nn.Module, data: TensorDataset, steps: int, batch: int, grow: b
         "mean_step_s": statistics.fmean(intervals),
         "fit_s": elapsed,
         "peak_rss_mb": peak_rss_mb(),
+        "training_gflop_per_step": training_flops / 1e9,
     }
     if growth is not None:
         result["timings"] = dict(growth.timings)
@@ -128,6 +141,12 @@ def run(network: nn.Module, data: TensorDataset, steps: int, batch: int, grow: b
         result["decisions"] = growth.schedule.decisions if growth.schedule else 0
         result["accepted"] = sum(event.accepted for event in growth.history)
         result["plan"] = growth.budget.describe(growth.plan) if growth.plan else ""
+        if growth.plan is not None:
+            full, planned = statistics_flops(growth.budget.costs, growth.plan, batch)
+            result["statistics_gflop_per_step"] = {
+                "every_sample": full / 1e9,
+                "planned": planned / 1e9,
+            }
     return result
 
 
@@ -198,8 +217,16 @@ def main(argv: list[str] | None = None) -> dict:
             f"{plain['peak_rss_mb']:.0f} -> {grown['peak_rss_mb']:.0f} MB "
             f"(x{entry['rss_ratio']:.2f}); {grown['decisions']} decisions, {grown['accepted']} "
             f"accepted; widths {list(grown['widths'].values())}",
-            flush=True,
         )
+        flops = grown.get("statistics_gflop_per_step")
+        if flops:
+            training = plain["training_gflop_per_step"]
+            print(
+                f"statistics GFLOP per step: {flops['every_sample']:.1f} with every sample "
+                f"({flops['every_sample'] / training:.1f}x training's {training:.2f}), "
+                f"{flops['planned']:.2f} as planned ({flops['planned'] / training:.3f}x)",
+                flush=True,
+            )
         results[model] = entry
     RESULTS.write_text(json.dumps(results, indent=1, default=str))
     return results

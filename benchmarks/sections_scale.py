@@ -70,6 +70,16 @@ def scale_section(suite: Suite, directory: Path) -> Section:
         rows,
     )
     for model, entry in results.items():
+        flops = entry["grown"].get("statistics_gflop_per_step")
+        if flops and "training_gflop_per_step" in entry["plain"]:
+            training = entry["plain"]["training_gflop_per_step"]
+            section.add(
+                f"`{model}` FLOPs per training step (torch's flop counter, initial network): "
+                f"training {training:.2f} GFLOP; statistics with every sample of every pair "
+                f"{flops['every_sample']:.1f} GFLOP ({flops['every_sample'] / training:.1f}× "
+                f"training), as planned {flops['planned']:.2f} GFLOP "
+                f"({flops['planned'] / training:.3f}× training)."
+            )
         timings = ", ".join(f"{k} {v:.1f} s" for k, v in entry["grown"]["timings"].items())
         section.add(f"`{model}` callback phases: {timings}. Statistics plan:")
         section.add("```\n" + entry["grown"].get("plan", "") + "\n```")

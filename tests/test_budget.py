@@ -12,7 +12,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_grow import GrowthCallback
-from lightning_grow.decision.budget import PairCost, pair_cost, pair_memory, plan_statistics
+from lightning_grow.decision.budget import (
+    PairCost,
+    PairSampling,
+    StatisticsPlan,
+    pair_cost,
+    pair_memory,
+    plan_statistics,
+    statistics_flops,
+)
 from lightning_grow.models import ClassifierModule
 from lightning_grow.solver.moments import PairGeometry
 from tests.helpers import permissive_callback
@@ -277,3 +285,22 @@ def test_events_count_the_parameters_between_neighbours_that_grow_together() -> 
     assert together, "both pairs never grew at the same decision"
     for event in callback.history:
         assert event.total_parameters == counts[event.step], event
+
+
+def test_statistics_flops_counts_what_each_group_gathers_over_its_turn() -> None:
+    costs = [
+        PairCost("a", 100.0, 16, 512, True),
+        PairCost("b", 10.0, 1, 512, False),
+        PairCost("c", 1000.0, 4, 512, True),
+    ]
+    sampling = {
+        "a": PairSampling(images_per_batch=8, positions=2),
+        "b": PairSampling(None, None),
+        "c": PairSampling(images_per_batch=None, positions=1),
+    }
+    plan = StatisticsPlan([["a", "b"], ["c"]], [10, 30], sampling, [0.0, 0.0])
+    full, planned = statistics_flops(costs, plan, batch_size=32)
+    assert full == 32 * 16 * 100 + 32 * 10 + 32 * 4 * 1000
+    first_turn = 8 * 2 * 100 + 32 * 1 * 10  # per step, for 10 steps
+    second_turn = 32 * 1 * 1000  # per step, for 30 steps
+    assert planned == pytest.approx((10 * first_turn + 30 * second_turn) / 40)

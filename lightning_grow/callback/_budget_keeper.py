@@ -222,6 +222,11 @@ class BudgetKeeper:
         self.throughput /= ratio
         return self._plan_now()
 
+    @property
+    def costs(self) -> list[PairCost]:
+        """The cost model of every planned pair (empty before the plan)."""
+        return list(self._costs)
+
     def describe(self, plan: StatisticsPlan) -> str:
         """A table of the plan and the memory of every pair, for the console."""
         lines = [

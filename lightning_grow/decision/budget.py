@@ -42,6 +42,7 @@ __all__ = [
     "pair_cost",
     "pair_memory",
     "plan_statistics",
+    "statistics_flops",
 ]
 
 
@@ -285,3 +286,27 @@ def plan_statistics(
         plan.window_steps.append(steps)
         plan.seconds_per_step.append(seconds / flops_per_second)
     return plan
+
+
+def statistics_flops(
+    costs: Sequence[PairCost], plan: StatisticsPlan, batch_size: int
+) -> tuple[float, float]:
+    """``(every sample, as planned)``: statistics FLOPs per training step on one rank.
+
+    *Every sample* is all pairs collecting every image and position at once (no budget); *as
+    planned* averages the groups' per-step cost over their turns (weighted by window length),
+    from the plan's sampling.
+    """
+    by_name = {cost.name: cost for cost in costs}
+    full = sum(batch_size * c.samples_per_image * c.flops_per_sample for c in costs)
+    total, steps = 0.0, 0
+    for group, window in zip(plan.groups, plan.window_steps):
+        per_step = 0.0
+        for name in group:
+            cost, sampling = by_name[name], plan.sampling[name]
+            images = sampling.images_per_batch or batch_size
+            positions = sampling.positions or cost.samples_per_image
+            per_step += images * positions * cost.flops_per_sample
+        total += per_step * window
+        steps += window
+    return full, total / max(steps, 1)
