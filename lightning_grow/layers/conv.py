@@ -24,6 +24,7 @@ class Conv2dHandler(LayerHandler):
     out_attribute = "out_channels"
     in_attribute = "in_channels"
     unbatched_dims = 3
+    channel_dim = 1
 
     def problem(self, module: nn.Module) -> str | None:
         assert isinstance(module, nn.Conv2d)

@@ -44,6 +44,9 @@ class LayerHandler:
         The module attributes holding the output and input widths.
     unbatched_dims
         Dimensions of an unbatched input (1 for a vector, 3 for a ``(C, H, W)`` map).
+    channel_dim
+        The dimension of the layer's input and output that holds the features: -1 for a Linear
+        (every leading dimension, batch and tokens alike, is a position), 1 for a convolution.
     """
 
     module_types: tuple[type[nn.Module], ...] = ()
@@ -52,6 +55,7 @@ class LayerHandler:
     out_attribute: str = "out_features"
     in_attribute: str = "in_features"
     unbatched_dims: int = 1
+    channel_dim: int = -1
 
     def problem(self, module: nn.Module) -> str | None:
         """Why this layer, of a handled type, cannot be part of a pair (``None``: it can)."""
