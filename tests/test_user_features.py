@@ -144,3 +144,36 @@ def test_parametrized_layers_are_refused_by_discovery_with_the_reason(parametriz
     with pytest.raises(GrowthConfigurationError, match="remove"):
         pairs_from_names(net, ["0 -> 2"])
     assert net[0].out_features == 2  # nothing was half-grown
+
+
+@pytest.mark.parametrize(
+    ("norm", "what"),
+    [
+        (nn.LayerNorm(4), "mean and variance"),
+        (nn.RMSNorm(4), "root mean square"),
+        (nn.GroupNorm(2, 4), "group means"),
+        (nn.GroupNorm(4, 4), "not implemented"),
+    ],
+)
+def test_norms_across_the_hidden_units_are_refused_with_the_reason(norm, what) -> None:
+    net = nn.Sequential(nn.Linear(3, 4), norm, nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(GrowthConfigurationError, match=what) as error:
+        find_growable_pairs(net)
+    if what != "not implemented":
+        assert "pre-norm" in str(error.value)
+    with pytest.raises(GrowthConfigurationError, match=what):
+        pairs_from_names(net, ["0 -> 3"])
+
+
+def test_adding_units_under_a_layer_norm_changes_the_existing_outputs_unless_they_copy_it() -> None:
+    # The argument of docs/math.md §1, checked numerically: one new unit changes the old units'
+    # normalised values; a copy of the whole layer (K = H) leaves them exactly as they were.
+    torch.manual_seed(0)
+    first = nn.Linear(3, 4).double()
+    x = torch.randn(16, 3, dtype=torch.float64)
+    z = first(x).detach()
+    norm = lambda t: nn.functional.layer_norm(t, t.shape[-1:])  # noqa: E731
+    old = norm(z)
+    one_more = norm(torch.cat([z, x @ torch.randn(3, 1, dtype=torch.float64)], -1))[:, :4]
+    assert (one_more - old).abs().max() > 1e-2
+    torch.testing.assert_close(norm(torch.cat([z, z], -1))[:, :4], old)
