@@ -57,8 +57,8 @@ def _per_neuron_columns(scale: Tensor | float, second_weight: Tensor, k: int) ->
     """Broadcast a per-neuron factor onto ``second``'s new columns (K·J columns for conv→linear)."""
     if not isinstance(scale, Tensor):
         return scale
-    if second_weight.dim() == 4:  # (C_out, K, kh, kw)
-        return scale.view(1, k, 1, 1)
+    if second_weight.dim() > 2:  # (C_out, K, kh, kw) or a Conv1d's (C_out, K, k)
+        return scale.view(1, k, *([1] * (second_weight.dim() - 2)))
     slots = second_weight.shape[1] // k
     return scale.repeat_interleave(slots).view(1, -1)
 

@@ -74,12 +74,19 @@ class LayerHandler:
         return self.in_width(module)
 
     def input_kernel(self, module: nn.Module) -> tuple[int, ...] | None:
-        """``(C_in, kh, kw)`` for a layer with a kernel, else ``None`` (as ``first``)."""
+        """``(C_in, kh, kw)`` for a layer with a kernel, else ``None`` (as ``first``); the
+        statistics' 2-D view (``(C_in, 1, k)`` for a Conv1d)."""
         return None
 
     def kernel_size(self, module: nn.Module) -> tuple[int, ...] | None:
-        """``(kh, kw)`` for a layer with a kernel, else ``None`` (as ``second``)."""
+        """``(kh, kw)`` for a layer with a kernel, else ``None`` (as ``second``); the statistics'
+        2-D view (``(1, k)`` for a Conv1d)."""
         return None
+
+    def to_map(self, t: Tensor) -> Tensor:
+        """The layer's batched input or output as the statistics read it: unchanged, except a
+        Conv1d's ``(B, C, L)`` as the ``(B, C, 1, L)`` map of a Conv2d of height 1."""
+        return t
 
     def accepts_norm(self, norm: nn.Module) -> bool:
         """Whether ``norm`` (a registered norm) may normalise this layer's output."""
