@@ -18,7 +18,7 @@ from lightning_grow.layers import (
     norm_types,
     weight_layer_types,
 )
-from lightning_grow.layers.conv import Conv2dHandler
+from lightning_grow.layers.conv import Conv1dHandler, Conv2dHandler
 from lightning_grow.layers.linear import LinearHandler
 from lightning_grow.reporting.events import Reason, TimingPhase, zero_timings
 from lightning_grow.solver.method import Method, MethodName
@@ -27,10 +27,11 @@ from lightning_grow.topology.pairs import GrowablePair, find_growable_pairs
 
 
 def test_each_layer_type_has_one_handler() -> None:
-    assert set(weight_layer_types()) == {nn.Linear, nn.Conv2d}
+    assert set(weight_layer_types()) == {nn.Linear, nn.Conv1d, nn.Conv2d}
     assert norm_types() == BATCH_NORM_TYPES
     assert isinstance(layer_handler(nn.Linear(2, 3)), LinearHandler)
-    assert isinstance(layer_handler(nn.Conv2d(2, 3, 3)), Conv2dHandler)
+    assert type(layer_handler(nn.Conv2d(2, 3, 3))) is Conv2dHandler
+    assert isinstance(layer_handler(nn.Conv1d(2, 3, 3)), Conv1dHandler)
 
     class MyLinear(nn.Linear):  # subclasses are handled by their base type's handler
         pass
@@ -51,6 +52,14 @@ def test_handlers_give_widths_inputs_and_kernels() -> None:
     assert "groups=2" in (handler.problem(grouped) or "")
     linear = nn.Linear(4, 2)
     assert layer_handler(linear).input_kernel(linear) is None  # type: ignore[union-attr]
+    # A Conv1d is a Conv2d of height 1 for the statistics (kernel (1, k), maps (B, C, 1, L)).
+    conv1d = nn.Conv1d(3, 5, 4, padding=1)
+    handler = layer_handler(conv1d)
+    assert handler is not None and handler.spatial and handler.unbatched_dims == 2
+    assert handler.input_size(conv1d) == 12 and handler.input_kernel(conv1d) == (3, 1, 4)
+    assert handler.kernel_size(conv1d) == (1, 4)
+    assert handler.to_map(torch.zeros(2, 3, 7)).shape == (2, 3, 1, 7)
+    assert "Conv1d with dilation=(2,)" in (handler.problem(nn.Conv1d(3, 5, 3, dilation=2)) or "")
 
 
 class _NamedToConfuse(nn.Module):

@@ -262,10 +262,13 @@ def test_pooling_between_the_pair_is_rejected() -> None:
 
 
 def test_unknown_module_between_and_the_supported_list() -> None:
-    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    model = nn.Sequential(nn.Linear(3, 4), nn.Softmax(-1), nn.Linear(4, 2))
     message = error_of(model)
-    assert "module 1 (LayerNorm) on the hidden tensor is not supported" in message
+    assert "module 1 (Softmax) on the hidden tensor is not supported" in message
     assert "BatchNorm1d/2d, activations" in message and "pairs_from_names" in message
+    # A norm across the hidden units says why (tests/test_user_features.py has the details).
+    layer_norm = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    assert "1 (LayerNorm) normalises every sample over the hidden units" in error_of(layer_norm)
 
 
 def test_shared_layer_and_batch_norm_size() -> None:

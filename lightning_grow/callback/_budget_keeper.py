@@ -124,8 +124,9 @@ class BudgetKeeper:
         def record(module: nn.Module, args: tuple, output: Any) -> None:
             if not isinstance(output, Tensor) or output.dim() < 2:
                 return
-            if isinstance(module, nn.Conv2d):
-                self._positions[pair.name] = output.shape[-2] * output.shape[-1]
+            if pair.second_handler.spatial:
+                spatial = output.shape[-(pair.second_handler.unbatched_dims - 1) :]
+                self._positions[pair.name] = math.prod(spatial)  # (H, W), a Conv1d's (L,)
             elif output.dim() > 2:  # a sequence: every leading position is a row
                 self._rows[pair.name] = output.numel() // (output.shape[0] * output.shape[-1])
 

@@ -15,14 +15,15 @@ from torch import nn
 
 from lightning_grow.callback._arguments import check_arguments, check_max_width_keys, check_network
 from lightning_grow.callback._budget_keeper import BudgetKeeper
+from lightning_grow.callback._features import check_fit
 from lightning_grow.callback._lightning import (
     LossFn,
     check_spawned_parent_can_reload,
-    check_strategy,
     default_loss,
     gradient_scale,
     merge_batches,
     quiet_evaluation,
+    refresh_compiled,
     rewrap_ddp,
     settle_gloo_at_exit,
     should_accumulate,
@@ -240,7 +241,7 @@ class GrowthCallback(GrowthStateMixin, Callback):
     # ------------------------------------------------------------------ setup and teardown
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            check_strategy(trainer.strategy)
+            check_fit(trainer, pl_module, self.loss_fn is not None)
             check_spawned_parent_can_reload(trainer, pl_module)
             settle_gloo_at_exit()
         # Grown checkpoints hold larger tensors than a freshly built model: resize on load.
@@ -491,4 +492,6 @@ class GrowthCallback(GrowthStateMixin, Callback):
     def _remove_statistics(self) -> None:
         for statistics in self._statistics.values():
             statistics.remove()
+        if self._statistics:  # growth stopped: compiled code without the hooks' graph breaks
+            refresh_compiled(self._statistics)
         self._statistics = {}

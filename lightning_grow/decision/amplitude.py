@@ -41,6 +41,9 @@ def scale_neurons(
     """Multiply neuron k's input weights by ``input_scale[k]`` and its output weights by
     ``output_scale`` (a scalar or one factor per neuron), in place."""
     count = neurons.num_neurons
+    if input_scale.numel() != count:
+        # A broadcast here would silently add or drop units (a per-token scale once did).
+        raise ValueError(f"input_scale has {input_scale.numel()} factors for {count} neurons")
     shape = (-1,) + (1,) * (neurons.first_weight.dim() - 1)
     neurons.first_weight = neurons.first_weight * input_scale.view(shape)
     if neurons.first_bias is not None:
@@ -54,8 +57,8 @@ def _per_neuron_columns(scale: Tensor | float, second_weight: Tensor, k: int) ->
     """Broadcast a per-neuron factor onto ``second``'s new columns (K·J columns for conv→linear)."""
     if not isinstance(scale, Tensor):
         return scale
-    if second_weight.dim() == 4:  # (C_out, K, kh, kw)
-        return scale.view(1, k, 1, 1)
+    if second_weight.dim() > 2:  # (C_out, K, kh, kw) or a Conv1d's (C_out, K, k)
+        return scale.view(1, k, *([1] * (second_weight.dim() - 2)))
     slots = second_weight.shape[1] // k
     return scale.repeat_interleave(slots).view(1, -1)
 
@@ -105,12 +108,14 @@ class _Capture:
     old_sq: Tensor | None = None
     count: int = 0
 
-    def add(self, z_new: Tensor, z_old: Tensor) -> None:
-        dims = [d for d in range(z_new.dim()) if d != 1]
-        count = z_new.numel() // z_new.shape[1]
-        new_sum = z_new.double().sum(dims)
-        new_sq = z_new.double().square().sum(dims)
-        old_sq = z_old.double().square().sum(dims)
+    def add(self, z_new: Tensor, z_old: Tensor, channel_dim: int) -> None:
+        """Add one batch; every position but ``channel_dim`` (batch, tokens, pixels) is a row."""
+        z_new = z_new.double().movedim(channel_dim, -1).reshape(-1, z_new.shape[channel_dim])
+        z_old = z_old.double().movedim(channel_dim, -1).reshape(-1, z_old.shape[channel_dim])
+        count = z_new.shape[0]
+        new_sum = z_new.sum(0)
+        new_sq = z_new.square().sum(0)
+        old_sq = z_old.square().sum(0)
         if self.new_sum is None:
             self.new_sum, self.new_sq, self.old_sq = new_sum, new_sq, old_sq
         else:
@@ -137,7 +142,7 @@ def inject(
     def on_first(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         z_new = _first_forward(pair, inputs[0], neurons)
         if capture is not None:
-            capture.add(z_new, output)
+            capture.add(z_new, output, pair.first_handler.channel_dim)
         pending.append(_apply_between(pair, z_new, neurons))
 
     def on_second(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:

@@ -86,7 +86,7 @@ class PairOutcome:
 def _unit_output_norms(second_weight: Tensor, units: int) -> Tensor:
     """Norm of each hidden unit's output weights in ``second`` (its K·J columns for
     conv→linear, its input-channel slice for a conv)."""
-    if second_weight.dim() == 4:
+    if second_weight.dim() > 2:
         return second_weight.transpose(0, 1).flatten(1).norm(dim=1)
     return (
         second_weight.view(second_weight.shape[0], units, -1).transpose(0, 1).flatten(1).norm(dim=1)
@@ -97,10 +97,15 @@ def _layer_neurons(pair: GrowablePair, candidates: GrowthCandidates, count: int)
     reference = pair.first.weight
     like = {"dtype": reference.dtype, "device": reference.device}
     bias = candidates.first_bias(count)
+    # The solver's layout is the statistics' 2-D view (a Conv1d's kernel is (1, k)): back to the
+    # modules' own weight layouts.
+    second = pair.second.weight
     return NewNeurons(
-        first_weight=candidates.first_weight(count).to(**like),
+        first_weight=candidates.first_weight(count).reshape(count, *reference.shape[1:]).to(**like),
         first_bias=None if bias is None else bias.to(**like),
-        second_weight=candidates.second_weight(count).to(**like),
+        second_weight=candidates.second_weight(count)
+        .reshape(second.shape[0], -1, *second.shape[2:])
+        .to(**like),
     )
 
 

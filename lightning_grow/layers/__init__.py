@@ -2,8 +2,10 @@
 
 * :mod:`~lightning_grow.layers.registry`: :class:`LayerHandler` (weight layers),
   :class:`NormHandler` (norms on the hidden tensor) and the lookup by module type.
-* :mod:`~lightning_grow.layers.linear`, :mod:`~lightning_grow.layers.conv`: the weight layers.
-* :mod:`~lightning_grow.layers.norms`: the BatchNorms.
+* :mod:`~lightning_grow.layers.linear`, :mod:`~lightning_grow.layers.conv`: the weight layers
+  (Linear on any ``(B, ..., D)``, Conv1d, Conv2d).
+* :mod:`~lightning_grow.layers.norms`: the BatchNorms, and why norms across units cannot pair.
+* :mod:`~lightning_grow.layers.blocks`: torch.nn blocks whose layers cannot pair, and why.
 * :mod:`~lightning_grow.layers.ops`: the kinds of op between the layers and their replay.
 * ``_unfold``: a convolution's patches, for its statistics.
 

@@ -19,6 +19,7 @@ class LinearHandler(LayerHandler):
     out_attribute = "out_features"
     in_attribute = "in_features"
     unbatched_dims = 1
+    channel_dim = -1  # (B, ..., D): tokens are positions, as a convolution's are
 
     def accepts_norm(self, norm: nn.Module) -> bool:
         return not isinstance(norm, nn.BatchNorm2d)

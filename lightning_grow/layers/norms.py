@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from lightning_grow.layers.registry import NormHandler, register_norm
 
-__all__ = ["BATCH_NORM_TYPES", "BatchNormHandler"]
+__all__ = ["BATCH_NORM_TYPES", "BatchNormHandler", "cross_unit_reason"]
 
 #: The BatchNorm types, written once (discovery, surgery and checkpoints use them).
 BATCH_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
@@ -54,3 +54,29 @@ class BatchNormHandler(NormHandler):
 
 
 register_norm(BatchNormHandler())
+
+
+_ACROSS_UNITS = (
+    "normalises every sample over the hidden units, so a new unit enters the {what} that "
+    "normalise every existing unit: the existing outputs stay unchanged only if the new units "
+    "are at least as many as the old ones and copy them up to a rotation (docs/math.md §1), "
+    "never TINY's few chosen units. Put the norm before `first` (pre-norm, as pre-LN "
+    "transformers do) to grow this pair"
+)
+
+
+def cross_unit_reason(module: nn.Module) -> str | None:
+    """Why a norm that mixes the hidden units cannot sit between a pair's layers (``None``:
+    it does not mix them, or it is not such a norm)."""
+    if isinstance(module, nn.LayerNorm):
+        return _ACROSS_UNITS.format(what="mean and variance")
+    if isinstance(module, nn.RMSNorm):
+        return _ACROSS_UNITS.format(what="root mean square")
+    if isinstance(module, nn.GroupNorm):
+        if module.num_groups == module.num_channels:
+            return (
+                "has one channel per group: new channels would be new groups and leave the "
+                "others unchanged, but growing it is not implemented yet"
+            )
+        return _ACROSS_UNITS.format(what="group means and variances")
+    return None

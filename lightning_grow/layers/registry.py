@@ -44,6 +44,9 @@ class LayerHandler:
         The module attributes holding the output and input widths.
     unbatched_dims
         Dimensions of an unbatched input (1 for a vector, 3 for a ``(C, H, W)`` map).
+    channel_dim
+        The dimension of the layer's input and output that holds the features: -1 for a Linear
+        (every leading dimension, batch and tokens alike, is a position), 1 for a convolution.
     """
 
     module_types: tuple[type[nn.Module], ...] = ()
@@ -52,6 +55,7 @@ class LayerHandler:
     out_attribute: str = "out_features"
     in_attribute: str = "in_features"
     unbatched_dims: int = 1
+    channel_dim: int = -1
 
     def problem(self, module: nn.Module) -> str | None:
         """Why this layer, of a handled type, cannot be part of a pair (``None``: it can)."""
@@ -70,12 +74,19 @@ class LayerHandler:
         return self.in_width(module)
 
     def input_kernel(self, module: nn.Module) -> tuple[int, ...] | None:
-        """``(C_in, kh, kw)`` for a layer with a kernel, else ``None`` (as ``first``)."""
+        """``(C_in, kh, kw)`` for a layer with a kernel, else ``None`` (as ``first``); the
+        statistics' 2-D view (``(C_in, 1, k)`` for a Conv1d)."""
         return None
 
     def kernel_size(self, module: nn.Module) -> tuple[int, ...] | None:
-        """``(kh, kw)`` for a layer with a kernel, else ``None`` (as ``second``)."""
+        """``(kh, kw)`` for a layer with a kernel, else ``None`` (as ``second``); the statistics'
+        2-D view (``(1, k)`` for a Conv1d)."""
         return None
+
+    def to_map(self, t: Tensor) -> Tensor:
+        """The layer's batched input or output as the statistics read it: unchanged, except a
+        Conv1d's ``(B, C, L)`` as the ``(B, C, 1, L)`` map of a Conv2d of height 1."""
+        return t
 
     def accepts_norm(self, norm: nn.Module) -> bool:
         """Whether ``norm`` (a registered norm) may normalise this layer's output."""

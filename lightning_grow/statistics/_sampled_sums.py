@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_grow.layers._unfold import conv_padding
+from lightning_grow.layers._unfold import conv_kernel, conv_padding, conv_stride
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ def _grid(
 
 
 def conv_index(
-    first: nn.Conv2d,
-    second: nn.Conv2d,
+    first: nn.Conv1d | nn.Conv2d,
+    second: nn.Conv1d | nn.Conv2d,
     input_size: tuple[int, int],
     hidden_size: tuple[int, int],
     output_size: tuple[int, int],
@@ -79,13 +79,13 @@ def conv_index(
     """The index maps of a conv→conv pair for the given spatial sizes (built once per shape)."""
     height, width = input_size
     hidden_h, hidden_w = hidden_size
-    rows, cols = _grid(hidden_size, first.kernel_size, first.stride, conv_padding(first))
+    rows, cols = _grid(hidden_size, conv_kernel(first), conv_stride(first), conv_padding(first))
     inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
     p_cells = torch.where(inside, rows * width + cols, height * width)
     # One extra hidden "position" whose patch is all zero cells: slots that read padding.
     p_padded = torch.cat([p_cells, p_cells.new_full((1, p_cells.shape[1]), height * width)])
 
-    rows, cols = _grid(output_size, second.kernel_size, second.stride, conv_padding(second))
+    rows, cols = _grid(output_size, conv_kernel(second), conv_stride(second), conv_padding(second))
     valid = (rows >= 0) & (rows < hidden_h) & (cols >= 0) & (cols < hidden_w)
     h_cells = torch.where(valid, rows * hidden_w + cols, hidden_h * hidden_w)
     reach = torch.bincount(h_cells[valid], minlength=hidden_h * hidden_w)

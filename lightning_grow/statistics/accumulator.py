@@ -301,9 +301,11 @@ class PairStatistics:
                     f"the layers of pair {self.pair.name} changed shape while its statistics "
                     "window was open; call reset() after growing"
                 )
-            unbatched_dims = 1 if layout.geometry.kind == "linear" else 3
-            if grad.dim() == unbatched_dims:
+            first, second = self.pair.first_handler, self.pair.second_handler
+            if grad.dim() == second.unbatched_dims:
                 x, h, grad = x[None], h[None], grad[None]
+            # A Conv1d's (B, C, L) as a Conv2d's (B, C, 1, L): the conv sums are written in 2-D.
+            x, h, grad = first.to_map(x), second.to_map(h), second.to_map(grad)
             batch = grad.shape[0]
             scale = -self.gradient_scale * (batch if self.loss_reduction == "mean" else 1)
             if self.images_per_batch is not None and self.images_per_batch < batch:

@@ -418,7 +418,7 @@ def _plan_pair(pair: GrowablePair, neurons: NewNeurons) -> list[ModuleEdit]:
     ]
 
     second = pair.second
-    kernel = pair.second_handler.kernel_size(second) or ()
+    kernel = tuple(second.weight.shape[2:])  # the module's own layout (k for a Conv1d)
     columns = num_new if kernel else num_new * slots
     expected = (pair.second_handler.out_width(second), columns, *kernel)
     _check_shape(

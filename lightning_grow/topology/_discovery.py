@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
 from lightning_grow.topology.pairs import (
@@ -31,10 +32,23 @@ def discover_pairs(
     return network, _find_pairs(network, prefix, spec)
 
 
+def _uncompiled(network: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module a ``torch.compile`` wrapper runs, and its name (``net._orig_mod``).
+
+    An ``OptimizedModule`` has no ``forward`` torch.fx can trace; its ``_orig_mod`` is the user's
+    module, whose layers the compiled code calls (hooks on them are seen by dynamo), so growth
+    works on it and the compiled code is rebuilt when the shapes change.
+    """
+    compiled = getattr(torch, "_dynamo", None) and torch._dynamo.eval_frame.OptimizedModule
+    while compiled and isinstance(network, compiled):
+        network = network._orig_mod  # type: ignore[assignment]
+        name = f"{name}._orig_mod" if name else "_orig_mod"
+    return network, name
+
+
 def _find_network(pl_module: nn.Module, network_name: str | None) -> tuple[nn.Module, str]:
     if network_name is not None:
-        network = pl_module.get_submodule(network_name)
-        return network, network_name
+        return _uncompiled(pl_module.get_submodule(network_name), network_name)
     try:
         if find_growable_pairs(pl_module):
             return pl_module, ""
@@ -50,7 +64,7 @@ def _find_network(pl_module: nn.Module, network_name: str | None) -> tuple[nn.Mo
             f"{type(pl_module).__name__} has no submodule with parameters to grow"
         )
     name, child = max(children, key=lambda item: sum(p.numel() for p in item[1].parameters()))
-    return child, name
+    return _uncompiled(child, name)
 
 
 def _find_pairs(network: nn.Module, prefix: str, spec: PairsArgument) -> list[GrowablePair]:

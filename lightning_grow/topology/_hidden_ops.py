@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from lightning_grow.layers import OpKind, is_norm, norm_types, weight_layer_types
+from lightning_grow.layers.norms import cross_unit_reason
 
 #: Activation modules: (one-sided derivative at 0 from the right, dead at exactly 0).
 #: Mish'(0) = tanh(softplus(0)) = tanh(ln 2) = 0.6; Softplus'(0) = sigmoid(0) = 0.5 for any beta.
@@ -339,6 +340,9 @@ def _classify_module(node: fx.Node, root: nn.Module) -> HiddenOp | str:
         return HiddenOp(OpKind.FLATTEN, name, module)
     if isinstance(module, _POOLING_MODULES):
         return f"pooling ({name}: {kind}) between the layers is not supported"
+    across = cross_unit_reason(module)
+    if across is not None:
+        return f"{name} ({kind}) {across}"
     return f"module {name} ({kind}) on the hidden tensor is not supported"
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from torch import fx, nn
 
 from lightning_grow.layers import OpKind, is_norm, is_weight_layer, layer_handler
+from lightning_grow.layers.blocks import opaque_block_reason
 from lightning_grow.topology import _hidden_ops
 from lightning_grow.topology._hidden_ops import HiddenOp
 
@@ -27,7 +28,34 @@ def layer_problem(module: nn.Module) -> str | None:
         return f"{type(module).__name__} is not an nn.Linear or nn.Conv2d"
     if isinstance(module.weight, nn.parameter.UninitializedParameter):
         return "a lazy layer that is not initialised yet (run one forward pass first)"
+    derived = [
+        attribute
+        for attribute in ("weight", "bias")
+        if attribute not in module._parameters and getattr(module, attribute, None) is not None
+    ]
+    if derived:
+        # weight_norm / spectral_norm / torch.nn.utils.parametrize compute the tensor from other
+        # parameters on every call: surgery cannot widen it with a new Parameter (it once
+        # widened `first`, then failed on `second` and left a model that could not run).
+        return (
+            f"its {' and '.join(derived)} {'is' if len(derived) == 1 else 'are'} computed by a "
+            "parametrization (weight_norm, spectral_norm or torch.nn.utils.parametrize), not a "
+            "plain parameter; remove it (torch.nn.utils.parametrize.remove_parametrizations or "
+            "torch.nn.utils.remove_weight_norm) to grow this layer"
+        )
     return handler.problem(module)
+
+
+def enclosing_block_problem(model: nn.Module, name: str) -> str | None:
+    """Why layer ``name`` of ``model`` cannot grow because of a block around it (``None``: no
+    such block); see :mod:`lightning_grow.layers.blocks`."""
+    parts = name.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        block_name = ".".join(parts[:end])
+        reason = opaque_block_reason(model.get_submodule(block_name))
+        if reason is not None:
+            return f"it is inside {block_name}: {reason}"
+    return None
 
 
 def width_problem(
@@ -230,8 +258,24 @@ def scan(traced: Traced) -> tuple[list[PairFields], dict[str, str]]:
             pairs.append(result)
         else:
             rejections[str(node.target)] = result
+    leaves = {str(node.target) for node in traced.graph.nodes if node.op == "call_module"}
     for name, module in model.named_modules():
         if is_weight_layer(module) and id(module) not in seen:
             seen.add(id(module))
-            rejections[name] = "it is not called by forward (as traced by torch.fx)"
+            rejections[name] = enclosing_block_problem(model, name) or _unseen(model, name, leaves)
     return pairs, rejections
+
+
+def _unseen(model: nn.Module, name: str, leaves: set[str]) -> str:
+    """Why a layer that the trace never calls is not a pair."""
+    parts = name.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        block_name = ".".join(parts[:end])
+        if block_name in leaves:
+            block = type(model.get_submodule(block_name)).__name__
+            return (
+                f"it is inside {block_name} ({block}), which torch.fx keeps as one opaque call "
+                "(a torch.nn built-in): the ops between its layers cannot be seen; name the "
+                "pair with the dict form if you know them"
+            )
+    return "it is not called by forward (as traced by torch.fx)"

@@ -30,6 +30,7 @@ from lightning_grow.topology._hidden_ops import (
 from lightning_grow.topology._pair_graph import (
     PairTracer,
     batch_norm_problem,
+    enclosing_block_problem,
     index_graph,
     layer_problem,
     scan,
@@ -482,7 +483,7 @@ def pairs_from_names(model: nn.Module, specs: Iterable[PairSpec]) -> list[Growab
         parsed = _parse_spec(spec)
         first, second = _module(model, parsed.first), _module(model, parsed.second)
         for name, layer in ((parsed.first, first), (parsed.second, second)):
-            problem = layer_problem(layer)
+            problem = layer_problem(layer) or enclosing_block_problem(model, name)
             if problem is not None:
                 raise GrowthConfigurationError(
                     f"{name} cannot be part of a growable pair: {problem}"
