@@ -29,6 +29,9 @@ from tests.test_callback import _Regression, _regression_loader, _trainer
     [
         ({"significance_margin": -1}, ValueError, "significance_margin"),
         ({"significance_margin": math.inf}, ValueError, "significance_margin"),
+        ({"false_growth_rate": 0.0}, ValueError, "false_growth_rate"),
+        ({"false_growth_rate": 1.0}, ValueError, "false_growth_rate"),
+        ({"false_growth_rate": "5%"}, TypeError, "false_growth_rate"),
         ({"gain_threshold": math.nan}, ValueError, "gain_threshold"),
         ({"gain_threshold": 2.0}, ValueError, "gain_threshold"),
         ({"min_loss_decrease": math.nan}, ValueError, "min_loss_decrease"),

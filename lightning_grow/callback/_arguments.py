@@ -128,7 +128,13 @@ def check_arguments(arguments: dict[str, Any]) -> None:
     # A gain is a share of the desired update (at most 1): a threshold above 1 never grows.
     _check_real("gain_threshold", arguments["gain_threshold"], 0.0, 1.0)
     # A negative margin puts the threshold below the noise floor: noise would grow the network.
-    _check_real("significance_margin", arguments["significance_margin"], 0.0)
+    if arguments["significance_margin"] is not None:
+        _check_real("significance_margin", arguments["significance_margin"], 0.0)
+    if arguments["false_growth_rate"] is not None:
+        # 0 would never grow, 1 would not test at all.
+        _check_real("false_growth_rate", arguments["false_growth_rate"], 0.0, 1.0, open_low=True)
+        if arguments["false_growth_rate"] == 1.0:
+            raise ValueError("false_growth_rate must be in (0, 1), got 1.0")
     _check_real("min_loss_decrease", arguments["min_loss_decrease"], 0.0)
     if arguments["stop_fraction"] is not None:
         _check_real("stop_fraction", arguments["stop_fraction"], 0.0, 1.0, open_low=True)

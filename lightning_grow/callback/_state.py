@@ -17,6 +17,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 
+from lightning_grow.callback._lightning import refresh_compiled
 from lightning_grow.decision.budget import StatisticsPlan
 from lightning_grow.decision.policy import GrowthSchedule
 from lightning_grow.reporting.events import GrowthEvent
@@ -151,6 +152,18 @@ class GrowthStateMixin:
             seed=self.config.seed + 7919 * len(self.history) + zlib.crc32(pair.name.encode()),
         )
 
+    def _close_statistics(self: GrowthCallback) -> None:
+        for statistics in self._statistics.values():
+            if statistics.is_open:
+                statistics.close()
+
+    def _remove_statistics(self: GrowthCallback) -> None:
+        for statistics in self._statistics.values():
+            statistics.remove()
+        if self._statistics:  # growth stopped: compiled code without the hooks' graph breaks
+            refresh_compiled(self._statistics)
+        self._statistics = {}
+
     def _follow_plan(self: GrowthCallback, plan: StatisticsPlan) -> None:
         """Adopt a recalibrated plan: open windows keep their sums (per-image averages)."""
         self.plan = plan
@@ -194,6 +207,8 @@ class GrowthStateMixin:
             "initial_widths": dict(self.initial_widths),
             "timings": dict(self.timings),
         }
+        if self.spending is not None:
+            state["spending"] = self.spending.state_dict()
         if self.schedule is not None:
             state["schedule"] = self.schedule.state_dict()
             # An interrupted window resumes where it was (rank 0's partial sums under DDP); after
@@ -215,6 +230,8 @@ class GrowthStateMixin:
         self.history = [GrowthEvent.from_dict(record) for record in state_dict["history"]]
         self.initial_widths = dict(state_dict["initial_widths"])
         self.timings.update(state_dict.get("timings", {}))
+        if self.spending is not None:
+            self.spending.load_state_dict(state_dict.get("spending", {}))
         if "schedule" in state_dict:
             self._pending_state = state_dict
             self.schedule = None

@@ -10,20 +10,18 @@ import lightning.pytorch as pl
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.data import extract_batch_size
 from torch import nn
 
 from lightning_grow.callback._arguments import check_arguments, check_max_width_keys, check_network
 from lightning_grow.callback._budget_keeper import BudgetKeeper
 from lightning_grow.callback._features import check_fit
+from lightning_grow.callback._held import HeldOut
 from lightning_grow.callback._lightning import (
     LossFn,
     check_spawned_parent_can_reload,
     default_loss,
     gradient_scale,
-    merge_batches,
     quiet_evaluation,
-    refresh_compiled,
     rewrap_ddp,
     settle_gloo_at_exit,
     should_accumulate,
@@ -39,6 +37,7 @@ from lightning_grow.callback._transport import (
 from lightning_grow.decision.budget import StatisticsPlan
 from lightning_grow.decision.planner import GrowthConfig, Solved, plan_growth
 from lightning_grow.decision.policy import GrowthSchedule, Phase
+from lightning_grow.decision.spending import AlphaSpending
 from lightning_grow.reporting.events import GrowthEvent, TimingPhase, warn_no_samples, zero_timings
 from lightning_grow.reporting.loggers import GrowthReporter
 from lightning_grow.solver.method import MethodName
@@ -127,11 +126,18 @@ class GrowthCallback(GrowthStateMixin, Callback):
     gain_threshold
         Minimum expressivity gain, the share ``λ_k² / E‖v‖²`` of the desired update, that each
         new neuron must realise.
+    false_growth_rate
+        Opt-in error rate of the growth decisions (with ``significance_margin=None``): the
+        probability that a network with no expressivity bottleneck grows at all before its
+        next real growth (worst-case noise). It is spent over the tests (docs/math.md §6,
+        ``lightning_grow.decision.spending``): the k-th decision since the last growth tests
+        each of its m pairs at level ``α / (k (k + 1) m)``, and accepted neurons must lower the
+        loss of held-out samples that did not choose their amplitude and sign. Not the default:
+        at 0.05 it costs most of the growth of slowly growing runs (README).
     significance_margin
-        How far above the sampling-noise floor a singular value must be to count as signal, in
-        standard deviations of the worst-case noise law (see ``lightning_grow.solver.tiny``). 1.0
-        admits at most ~16 % false positives per pair and decision in the worst case (far fewer for
-        isotropic noise); each accepted neuron must still lower the held-out loss.
+        A fixed margin for every test: how far above the sampling-noise floor a singular
+        value must be, in standard deviations of the worst-case noise law; 1.0 admits ~16 %
+        false positives per test, 2.33 about 1 %. ``None``: ``false_growth_rate`` decides.
     max_neurons_per_event
         Cap on neurons per pair per decision. ``None``: the pair's current width (at most
         doubling).
@@ -162,6 +168,9 @@ class GrowthCallback(GrowthStateMixin, Callback):
 
     #: Under DDP, spread each decision's solves over the ranks (one rank per pair, in turn).
     spread_solves: bool = True
+    #: Confirm the loss decrease on held batches that did not choose the amplitude (off: the
+    #: choosing batches confirm, as tests of plumbing that need growth at every decision want).
+    confirm_held_out: bool = True
 
     def __init__(
         self,
@@ -181,7 +190,8 @@ class GrowthCallback(GrowthStateMixin, Callback):
         stop_fraction: float | None = 0.6,
         patience: int | None = 3,
         gain_threshold: float = 0.001,
-        significance_margin: float = 1.0,
+        false_growth_rate: float | None = None,
+        significance_margin: float | None = 1.0,
         max_neurons_per_event: int | None = None,
         max_width: int | dict[str, int] | None = None,
         max_parameters: int | None = None,
@@ -214,8 +224,12 @@ class GrowthCallback(GrowthStateMixin, Callback):
             min_loss_decrease=min_loss_decrease,
             amplitude_range=tuple(amplitude_range),  # type: ignore[arg-type]
             seed=seed,
-            solver_options={"significance_margin": significance_margin},
+            solver_options={}
+            if significance_margin is None
+            else {"significance_margin": significance_margin},
         )
+        fixed = significance_margin is not None or false_growth_rate is None
+        self.spending = None if fixed else AlphaSpending(false_growth_rate)
         self.reporter = GrowthReporter(verbose=verbose, wandb_tables=wandb_tables)
         self.verbose = verbose
         self.budget = BudgetKeeper(compute_budget, memory_budget)
@@ -340,6 +354,9 @@ class GrowthCallback(GrowthStateMixin, Callback):
             s.elapsed_seconds = 0.0
         statistics_seconds = time.perf_counter() - started + hook_seconds
 
+        if self.spending is not None:  # every rank: the account follows broadcast events
+            margin = self.spending.margin(len(self._serving()))
+            self.config.solver_options["significance_margin"] = margin
         payload: DecisionPayload | None = None
         failure: Exception | None = None
         solved = None
@@ -384,6 +401,8 @@ class GrowthCallback(GrowthStateMixin, Callback):
             for phase, seconds in event.timings.items():
                 self.timings[phase] += seconds
         self.history.extend(events)
+        if self.spending is not None:
+            self.spending.record(grew=any(event.accepted for event in events))
         extending = self._next_windows(trainer, geometries, events)
         self._held = []
         if payload.plan is not None:
@@ -412,25 +431,13 @@ class GrowthCallback(GrowthStateMixin, Callback):
         self._warned_no_samples = self._warned_no_samples or warn_no_samples(
             {name: self._statistics[name] for name in serving}
         )
-        loss_fn = self.loss_fn or default_loss
-        held = merge_batches(self._held)
-        calls = 0
-
-        def evaluate() -> float:
-            nonlocal calls
-            total, count = 0.0, 0
-            for batch in held:
-                calls += 1
-                size = extract_batch_size(batch)
-                total += float(loss_fn(pl_module, batch)) * size
-                count += size
-            return total / max(count, 1)
-
+        split = self.confirm_held_out and self.spending is not None
+        held = HeldOut(pl_module, self._held, self.loss_fn or default_loss, split)
         with quiet_evaluation(pl_module):
             planned, events, any_significant = plan_growth(
                 [pair for pair in self._growing if pair.name in serving],
                 moments,
-                evaluate,
+                held.choose,
                 self.config,
                 total_parameters=self.total_parameters,
                 step=trainer.global_step,
@@ -438,9 +445,10 @@ class GrowthCallback(GrowthStateMixin, Callback):
                 decision_index=self.schedule.decisions,
                 statistics_seconds=statistics_seconds,
                 solved=solved,
+                confirm=held.confirm if split else None,
             )
         for event in events:
-            event.training_step_calls = calls
+            event.training_step_calls = held.calls
         # Solves (d³) and searches (forward passes on held batches) are paced where statistics
         # are subsampled, i.e. where the network is expensive. Small networks, whose decisions
         # cost milliseconds of overhead, are not: pacing would only slow their growth.
@@ -483,15 +491,3 @@ class GrowthCallback(GrowthStateMixin, Callback):
         if self.network is None:
             return 0
         return count_parameters(self.network)
-
-    def _close_statistics(self) -> None:
-        for statistics in self._statistics.values():
-            if statistics.is_open:
-                statistics.close()
-
-    def _remove_statistics(self) -> None:
-        for statistics in self._statistics.values():
-            statistics.remove()
-        if self._statistics:  # growth stopped: compiled code without the hooks' graph breaks
-            refresh_compiled(self._statistics)
-        self._statistics = {}

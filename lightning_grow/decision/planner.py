@@ -216,12 +216,15 @@ def plan_growth(
     decision_index: int,
     statistics_seconds: float = 0.0,
     solved: Solved | None = None,
+    confirm: Callable[[], float] | None = None,
 ) -> tuple[list[PlannedGrowth], list[GrowthEvent], bool]:
     """Decide the growth of every pair.
 
     Returns the neurons to install, one event per pair (accepted or not) and whether any pair
     had a significant neuron. ``solved``: the output of :func:`solve_pairs` when the solves
-    already ran (e.g. spread over DDP ranks); otherwise they run here.
+    already ran (e.g. spread over DDP ranks); otherwise they run here. ``evaluate`` chooses the
+    amplitude and sign; ``confirm``, the loss on other held-out samples, must then fall by
+    ``min_loss_decrease`` too (``None``: ``evaluate`` confirms its own choice).
     """
     widths = {pair.name: pair.width for pair in pairs}
     by_name = {pair.name: pair for pair in pairs}
@@ -281,7 +284,7 @@ def plan_growth(
     for name, decision in decisions.items():
         pair, candidate = by_name[name], candidates[name]
         started = time.perf_counter()
-        outcome = _decide_pair(pair, candidate, decision, evaluate, config)
+        outcome = _decide_pair(pair, candidate, decision, evaluate, config, confirm)
         search_seconds = time.perf_counter() - started
         neurons = outcome.neurons
         added = neurons.num_neurons if neurons is not None else 0
@@ -322,8 +325,14 @@ def _decide_pair(
     decision: PairDecision,
     evaluate: Callable[[], float],
     config: GrowthConfig,
+    confirm: Callable[[], float] | None = None,
 ) -> PairOutcome:
-    """Prepare the selected neurons of one pair and search their amplitude."""
+    """Prepare the selected neurons of one pair, search their amplitude, confirm the decrease.
+
+    The search picks the best of about ten amplitudes and signs by ``evaluate``: on pure noise
+    that minimum lies below the loss without the neurons by chance alone, so the decrease is
+    confirmed on ``confirm``'s samples, which played no part in the choice (docs/math.md §8).
+    """
     nan = float("nan")
     if decision.neurons == 0:
         return PairOutcome(None, 0.0, nan, nan, decision.reason)
@@ -352,11 +361,18 @@ def _decide_pair(
             gamma_max=gamma_max,
             required_loss=required,
         )
-    decrease = (loss_before - result.loss_after) / max(abs(loss_before), 1e-12)
+        loss_after = result.loss_after
+        chosen = loss_after <= required
+        if confirm is not None and result.amplitude != 0.0 and chosen:
+            set_scale(0.0)
+            loss_before = confirm()
+            set_scale(result.amplitude)
+            loss_after = confirm()
+    decrease = (loss_before - loss_after) / max(abs(loss_before), 1e-12)
     if result.amplitude == 0.0 or decrease < config.min_loss_decrease:
-        return PairOutcome(None, 0.0, loss_before, result.loss_after, Reason.NO_LOSS_DECREASE)
+        return PairOutcome(None, 0.0, loss_before, loss_after, Reason.NO_LOSS_DECREASE)
     neurons.second_weight = neurons.second_weight * result.amplitude
     if pair.batch_norm is not None and not pair.batch_norm.track_running_stats:
         # The trials normalised with the measured statistics; this BatchNorm keeps none.
         neurons.bn_running_mean = neurons.bn_running_var = None
-    return PairOutcome(neurons, result.amplitude, loss_before, result.loss_after, Reason.GROWN)
+    return PairOutcome(neurons, result.amplitude, loss_before, loss_after, Reason.GROWN)

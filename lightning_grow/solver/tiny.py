@@ -48,8 +48,8 @@ corrections make it an exact reference rather than a rough one:
 ``λ_k`` is significant when it exceeds that threshold (the λ are sorted, so these are the first).
 :func:`compute_candidates`' default ``z = 2.33`` admits about 1 % false positives per pair and
 decision in the worst case (up to 1.7 % for ``d = 1``, where the normal approximation of the tail
-is loosest). ``GrowthCallback`` passes its own default, ``significance_margin=1.0``: up to about
-16 % in the worst case, and relies on the held-out loss check to reject what slips through.
+is loosest). ``GrowthCallback`` passes ``z = 1.0`` (up to ~16 %), or, opt-in, spends one error
+rate over all its tests (``lightning_grow.decision.spending``), a larger ``z`` at each decision.
 Isotropic noise gives far fewer than the worst case (docs/math.md §6). Calibration
 (``tests/test_tiny_significance.py``, 100 seeded trials each):
 independent targets → 0 neurons in ≥ 95 %; a planted rank-``r`` linear signal with moderate
