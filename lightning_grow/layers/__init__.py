@@ -5,6 +5,8 @@
 * :mod:`~lightning_grow.layers.linear`, :mod:`~lightning_grow.layers.conv`: the weight layers
   (Linear on any ``(B, ..., D)``, Conv1d, Conv2d).
 * :mod:`~lightning_grow.layers.norms`: the BatchNorms, and why norms across units cannot pair.
+* :mod:`~lightning_grow.layers.depthwise`: depthwise convolutions that grow with the hidden
+  channels (a delta filter per new channel), and why grouped ones cannot.
 * :mod:`~lightning_grow.layers.blocks`: torch.nn blocks whose layers cannot pair, and why.
 * :mod:`~lightning_grow.layers.ops`: the kinds of op between the layers and their replay.
 * ``_unfold``: a convolution's patches, for its statistics.

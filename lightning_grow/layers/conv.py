@@ -83,9 +83,23 @@ class Conv2dHandler(LayerHandler):
         current = tuple(module.weight.shape)
         if incoming_weight[2:] != current[2:]:
             return f"incoming weight {incoming_weight} changes the kernel size {current[2:]}"
-        if module.groups != 1:
-            return "only groups=1 convolutions are resized"
+        if _depthwise(module):
+            # A depthwise conv grown with its pair keeps one filter per channel.
+            if incoming_weight[1] != 1:
+                return f"incoming weight {incoming_weight} is not a depthwise filter bank"
+        elif module.groups != 1:
+            return "only groups=1 and depthwise convolutions are resized"
         return None
+
+    def resized_widths(self, module: nn.Module, weight: tuple[int, ...]) -> dict[str, int]:
+        assert isinstance(module, self.module_types)
+        if _depthwise(module):
+            return {"in_channels": weight[0], "out_channels": weight[0], "groups": weight[0]}
+        return super().resized_widths(module, weight)
+
+
+def _depthwise(module: nn.Conv1d | nn.Conv2d) -> bool:
+    return module.groups > 1 and module.groups == module.in_channels == module.out_channels
 
 
 class Conv1dHandler(Conv2dHandler):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import Tensor
+from torch import Tensor, nn
 
+from lightning_grow.layers.depthwise import replay_depthwise
 from lightning_grow.solver.method import Vocabulary
 
 __all__ = ["OpKind", "replay_op"]
@@ -24,6 +25,7 @@ class OpKind(Vocabulary):
     DROPOUT = "dropout"  # identity in eval mode
     IDENTITY = "identity"
     FLATTEN = "flatten"  # Conv2d → Linear only: every dimension but the batch into one
+    DEPTHWISE = "depthwise"  # a depthwise conv: grows with ``first``, identity for new units
 
 
 def replay_op(kind: OpKind, op: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
@@ -34,6 +36,10 @@ def replay_op(kind: OpKind, op: Callable[[Tensor], Tensor], z: Tensor) -> Tensor
         return z
     if kind is OpKind.FLATTEN:
         return z.flatten(1)
+    if kind is OpKind.DEPTHWISE:
+        # A new channel's filter is a centred delta (layers/depthwise.py): replayed for real.
+        assert isinstance(op, nn.Module)
+        return replay_depthwise(op, z)
     if kind is OpKind.BATCH_NORM:
         raise ValueError("a norm is replayed by its NormHandler, with the new units' entries")
     return op(z)

@@ -104,6 +104,10 @@ class LayerHandler:
         """Why this layer cannot take a checkpoint's weight of that shape (``None``: it can)."""
         return None
 
+    def resized_widths(self, module: nn.Module, weight: tuple[int, ...]) -> dict[str, int]:
+        """Width attributes → values once the layer holds a weight of shape ``weight``."""
+        return {self.out_attribute: weight[0], self.in_attribute: weight[1]}
+
 
 class NormHandler:
     """What the package knows about one type of norm on the hidden tensor.
