@@ -120,7 +120,8 @@ LEAF_MODULES: tuple[type[nn.Module], ...] = (
 SUPPORTED_OPS = (
     "BatchNorm1d/2d, activations (ReLU, ReLU6, LeakyReLU, GELU, SiLU, Tanh, Sigmoid, ELU, "
     "Hardswish, Mish, Softplus, as modules, functions or tensor methods), Dropout/Dropout1d/2d, "
-    "Identity, and flatten(1) between a Conv2d and a Linear"
+    "Identity, a stride-1 depthwise Conv1d/2d with centred padding (each followed by at most "
+    "one BatchNorm), and flatten(1) between a Conv2d and a Linear"
 )
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from torch import fx, nn
 
 from lightning_grow.layers import OpKind, is_norm, is_weight_layer, layer_handler
 from lightning_grow.layers.blocks import opaque_block_reason
+from lightning_grow.layers.depthwise import carried_conv_problem, is_grouped_conv
 from lightning_grow.topology import _hidden_ops
 from lightning_grow.topology._hidden_ops import HiddenOp
 
@@ -156,15 +158,40 @@ def walk(traced: Traced, first_node: fx.Node) -> PairFields | str:
             return f"the output of {after} is returned by forward, not fed to a next layer"
         if reader.op == "call_module":
             module = traced.root.get_submodule(str(reader.target))
-            if is_weight_layer(module):
-                if reader.args != (current,) or reader.kwargs:
+            if reader.args != (current,) or reader.kwargs:
+                if is_weight_layer(module):
                     return f"{reader.target} is called with extra arguments"
+            elif is_grouped_conv(module):
+                # A depthwise conv filters each hidden channel alone: it grows with `first`.
+                op = carried_conv(traced, first_name, str(reader.target), module)
+                if isinstance(op, str):
+                    return op
+                ops.append(op)
+                current = reader
+                continue
+            elif is_weight_layer(module):
                 return assemble(traced, first_name, str(reader.target), ops)
         op = _hidden_ops.classify(reader, current, traced.root)
         if isinstance(op, str):
             return op
         ops.append(op)
         current = reader
+
+
+def carried_conv(traced: Traced, first_name: str, name: str, module: nn.Module) -> HiddenOp | str:
+    """The depthwise conv ``name`` after ``first`` as an op that grows with the pair, or why not."""
+    first = traced.root.get_submodule(first_name)
+    first_handler = layer_handler(first)
+    assert first_handler is not None
+    where = f"{type(module).__name__} {name} between {first_name} and the next layer"
+    if type(first) is not type(module):
+        return f"{where} does not fit after a {type(first).__name__}"
+    problem = carried_conv_problem(module, first_handler.out_width(first))
+    if problem is None and (traced.calls[id(module)] > 1 or id(module) in traced.tied):
+        problem = "is shared with another use (called twice or tied parameters)"
+    if problem is not None:
+        return f"{where} {problem}"
+    return HiddenOp(OpKind.DEPTHWISE, name, module)
 
 
 def assemble(
@@ -191,8 +218,9 @@ def assemble(
     if expected and expected != second.in_features:
         return f"the flatten gives {expected} features but {second_name} takes {second.in_features}"
     norms = [index for index, op in enumerate(ops) if op.kind is OpKind.BATCH_NORM]
-    if len(norms) > 1:
-        return "more than one BatchNorm between the layers is not supported"
+    problem = carried_norms_problem(ops, norms, first, traced)
+    if problem is not None:
+        return problem
     batch_norm = batch_norm_name = None
     if norms:
         batch_norm_name, batch_norm = ops[norms[0]].name, ops[norms[0]].op
@@ -218,6 +246,23 @@ def assemble(
         "dead_at_zero": dead,
         "flatten": conv_linear,
     }
+
+
+def carried_norms_problem(
+    ops: list[HiddenOp], norms: list[int], first: nn.Module, traced: Traced
+) -> str | None:
+    """Why the BatchNorms after the first one cannot grow (``None``: they can).
+
+    The first BatchNorm is the pair's own (TINY may choose its new entries); one more may follow
+    each depthwise conv, and its new channels start fresh (1, 0, 0, 1).
+    """
+    for previous, index in pairwise(norms):
+        if not any(op.kind is OpKind.DEPTHWISE for op in ops[previous + 1 : index]):
+            return "more than one BatchNorm between the layers is not supported"
+        problem = batch_norm_problem(ops[index].op, ops[index].name, first, traced)
+        if problem is not None:
+            return problem
+    return None
 
 
 def batch_norm_problem(
