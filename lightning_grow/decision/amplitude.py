@@ -71,16 +71,19 @@ def _apply_between(pair: GrowablePair, z: Tensor, neurons: NewNeurons) -> Tensor
     """
     for hidden in pair.between:
         if hidden.kind is OpKind.BATCH_NORM:
-            bn = pair.batch_norm
+            bn = hidden.op
             norm = norm_handler(bn)
-            assert bn is not None and norm is not None
+            assert isinstance(bn, nn.Module) and norm is not None
+            # The pair's own norm takes the new units' entries; a norm after a depthwise conv
+            # starts fresh (None), as surgery builds it.
+            own = bn is pair.batch_norm
             z = norm.replay(
                 bn,
                 z,
-                neurons.bn_weight,
-                neurons.bn_bias,
-                neurons.bn_running_mean,
-                neurons.bn_running_var,
+                neurons.bn_weight if own else None,
+                neurons.bn_bias if own else None,
+                neurons.bn_running_mean if own else None,
+                neurons.bn_running_var if own else None,
             )
         else:
             z = replay_op(hidden.kind, hidden.op, z)

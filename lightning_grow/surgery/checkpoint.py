@@ -126,8 +126,7 @@ def _plan_resize(module: nn.Module, name: str, incoming: dict[str, tuple[int, ..
         edit.tensors[attribute] = fresh
     norm = norm_handler(module)
     if handler is not None:
-        edit.attributes[handler.out_attribute] = targets["weight"][0]
-        edit.attributes[handler.in_attribute] = targets["weight"][1]
+        edit.attributes.update(handler.resized_widths(module, targets["weight"]))
     elif norm is not None:
         edit.attributes[norm.width_attribute] = next(iter(targets.values()))[0]
     return edit
@@ -182,7 +181,8 @@ def resize_to_state_dict(
             raise ValueError(
                 f"cannot resize '{key_prefix}{attribute}' of {type(submodule).__name__}: the state "
                 f"dict has shape {incoming[attribute]}, the module {current}; "
-                "only Linear, Conv2d and BatchNorm layers are resized on load"
+                "only Linear, Conv1d/2d (depthwise included) and BatchNorm layers are resized "
+                "on load"
             )
         edits.append(_plan_resize(submodule, name, incoming))
     for edit in edits:

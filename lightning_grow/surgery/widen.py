@@ -435,7 +435,9 @@ def _plan_pair(pair: GrowablePair, neurons: NewNeurons) -> list[ModuleEdit]:
         )
     elif any(value is not None for value in bn_given):
         raise ValueError(f"pair {pair.name} has no BatchNorm, but BatchNorm entries were given")
-    return edits
+    from lightning_grow.surgery._carried import plan_carried_growth  # imports this module
+
+    return [*edits, *plan_carried_growth(pair, num_new)]
 
 
 def grow_pair(
