@@ -22,6 +22,7 @@ from lightning_grow.statistics.accumulator import PairStatistics
 from lightning_grow.surgery.checkpoint import enable_resize_on_load
 from lightning_grow.surgery.widen import NewNeurons, grow_pair
 from lightning_grow.topology.pairs import (
+    GrowablePair,
     GrowthConfigurationError,
     find_growable_pairs,
     pairs_from_names,
@@ -140,6 +141,32 @@ def test_growing_every_mobilenet_pair_at_zero_output_weights_preserves_the_funct
         == widths["features.3.conv.0.0 -> features.3.conv.2"] + 2
     )
     torch.testing.assert_close(net(x), before, rtol=0, atol=1e-12)
+
+
+def test_a_conv1d_depthwise_block_grows_and_keeps_its_function() -> None:
+    net = nn.Sequential(nn.Conv1d(2, 3, 1), nn.BatchNorm1d(3), nn.ReLU6())
+    net.append(nn.Conv1d(3, 3, 5, padding=2, groups=3)).append(nn.BatchNorm1d(3))
+    net.append(nn.ReLU6()).append(nn.Conv1d(3, 4, 1))
+    net = net.to(F64).eval()
+    x = torch.randn(2, 2, 7, dtype=F64)
+    before = net(x)
+    pair = find_growable_pairs(net)[0]
+    assert pair.name == "0 -> 6"
+    grow_pair(
+        pair, NewNeurons(torch.randn(2, 2, 1, dtype=F64), torch.randn(2), torch.zeros(4, 2, 1))
+    )
+    assert net[3].weight.shape == (5, 1, 5) and net[3].groups == 5
+    torch.testing.assert_close(net(x), before, rtol=0, atol=1e-12)
+
+
+def test_a_hand_built_pair_classifies_its_depthwise_conv() -> None:
+    """``(name, op)`` pairs given by hand get the kinds discovery gives (the conv is no
+    activation)."""
+    net = _block()
+    traced = find_growable_pairs(net)[0]
+    plain = tuple((op.name, op.op) for op in traced.between)
+    hand = GrowablePair("0", "6", net[0], net[6], net[1], "1", plain)
+    assert [op.kind for op in hand.between] == [op.kind for op in traced.between]
 
 
 def test_a_grown_mobilenet_reloads_from_its_state_dict(tmp_path) -> None:

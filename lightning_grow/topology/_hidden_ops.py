@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from lightning_grow.layers import OpKind, is_norm, norm_types, weight_layer_types
+from lightning_grow.layers.depthwise import is_grouped_conv
 from lightning_grow.layers.norms import cross_unit_reason
 
 #: Activation modules: (one-sided derivative at 0 from the right, dead at exactly 0).
@@ -199,6 +200,8 @@ def as_hidden_op(name: str, op: Callable[[Tensor], Tensor]) -> HiddenOp:
     (or, for a replayed functional call, from the function discovery recorded), not the name."""
     if is_norm(op):
         return HiddenOp(OpKind.BATCH_NORM, name, op)
+    if is_grouped_conv(op):
+        return HiddenOp(OpKind.DEPTHWISE, name, op)
     if isinstance(op, DROPOUT_MODULES):
         return HiddenOp(OpKind.DROPOUT, name, op)
     if isinstance(op, nn.Identity):
