@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import mobilenet_v2
 
+from lightning_grow.decision.amplitude import measure_carried_norms
 from lightning_grow.solver.tiny import compute_candidates
 from lightning_grow.statistics.accumulator import PairStatistics
 from lightning_grow.surgery.checkpoint import enable_resize_on_load
@@ -309,3 +310,39 @@ def test_a_tiny_mobilenet_grows_its_inverted_residuals_and_its_checkpoint_reload
     fresh.load_state_dict(torch.load(path, weights_only=False)["state_dict"])
     model.eval(), fresh.eval()
     torch.testing.assert_close(fresh.net(x[:8]), model.net(x[:8]))
+
+
+def test_the_norm_after_the_depthwise_conv_is_the_identity_for_new_channels_in_both_modes() -> None:
+    """Its new entries come from the new channels' measured mean and variance at its input
+    (checked against a hook on the real grown network); with them the BatchNorm passes the new
+    channels unchanged in eval mode, and in train mode on the batch they were measured on."""
+    torch.manual_seed(7)
+    net = _block().to(F64)
+    _randomise(net, 8)
+    net.eval()
+    x = torch.randn(4, 3, 6, 6, dtype=F64)
+    pair = find_growable_pairs(net)[0]
+    neurons = NewNeurons(torch.randn(2, 3, 1, 1, dtype=F64), None, torch.zeros(5, 2, 1, 1))
+    measured = measure_carried_norms(pair, neurons, lambda: float(net(x).detach().sum()))
+    assert list(measured) == ["4"]
+
+    seen: list[Tensor] = []
+    net[4].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0][:, -2:]))
+    grown = copy.deepcopy(net)
+    grow_pair(find_growable_pairs(grown)[0], copy.deepcopy(neurons))
+    seen.clear()
+    grown(x)
+    h = seen[0].transpose(0, 1).flatten(1)
+    mean, var = measured["4"]
+    torch.testing.assert_close(mean, h.mean(1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(var, h.var(1, unbiased=False), rtol=1e-12, atol=1e-12)
+
+    neurons.carried_norms = measured
+    grow_pair(pair, neurons)
+    norm = net[4]
+    for training in (False, True):
+        norm.train(training)
+        seen.clear()
+        with torch.no_grad():
+            out = norm(net[3](net[2](net[1](net[0](x)))))
+        torch.testing.assert_close(out[:, -2:], seen[0], rtol=0, atol=1e-12)

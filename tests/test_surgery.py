@@ -197,7 +197,10 @@ def test_new_neurons_add_exactly_their_own_contribution(arch, num_new, seed):
     before = model(inputs)
     neurons = random_neurons(pair, num_new, zero_omega=False)
     neurons_64 = NewNeurons(
-        **{name: None if value is None else value.double() for name, value in vars(neurons).items()}
+        **{
+            name: value.double() if isinstance(value, torch.Tensor) else value
+            for name, value in vars(neurons).items()
+        }
     )
     grow_pair(pair, neurons)
     after = model(inputs)

@@ -52,9 +52,18 @@ class DecisionPayload:
 def to_payload(item: PlannedGrowth) -> GrowthPayload:
     """``(pair name, NewNeurons fields on the CPU)``: what rank 0 broadcasts."""
     tensors = {entry.name: getattr(item.neurons, entry.name) for entry in fields(item.neurons)}
-    return item.pair.name, {
-        key: None if value is None else value.detach().cpu() for key, value in tensors.items()
-    }
+    # Tensors, or collections of them (the measured statistics of norms after a depthwise conv).
+    return item.pair.name, {key: _on_cpu(value) for key, value in tensors.items()}
+
+
+def _on_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_on_cpu(item) for item in value)
+    return value
 
 
 def fit_to_current_shapes(pair: GrowablePair, tensors: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_grow.layers import OpKind, norm_handler, replay_op
+from lightning_grow.surgery._carried import identity_entries
 from lightning_grow.surgery.widen import NewNeurons
 from lightning_grow.topology.pairs import GrowablePair
 
@@ -30,6 +31,7 @@ __all__ = [
     "NewNeurons",
     "inject",
     "measure_activity",
+    "measure_carried_norms",
     "scale_neurons",
     "search_amplitude",
 ]
@@ -63,7 +65,9 @@ def _per_neuron_columns(scale: Tensor | float, second_weight: Tensor, k: int) ->
     return scale.repeat_interleave(slots).view(1, -1)
 
 
-def _apply_between(pair: GrowablePair, z: Tensor, neurons: NewNeurons) -> Tensor:
+def _apply_between(
+    pair: GrowablePair, z: Tensor, neurons: NewNeurons, taps: dict[str, _Moments] | None = None
+) -> Tensor:
     """The ops between ``first`` and ``second``, for the new units only, in eval semantics.
 
     Each op is replayed by the kind discovery gave it (never by its name): a norm with the new
@@ -74,16 +78,26 @@ def _apply_between(pair: GrowablePair, z: Tensor, neurons: NewNeurons) -> Tensor
             bn = hidden.op
             norm = norm_handler(bn)
             assert isinstance(bn, nn.Module) and norm is not None
-            # The pair's own norm takes the new units' entries; a norm after a depthwise conv
-            # starts fresh (None), as surgery builds it.
-            own = bn is pair.batch_norm
+            if bn is pair.batch_norm:
+                entries = {
+                    "weight": neurons.bn_weight,
+                    "bias": neurons.bn_bias,
+                    "running_mean": neurons.bn_running_mean,
+                    "running_var": neurons.bn_running_var,
+                }
+            else:
+                # A norm after a depthwise conv: the entries surgery will give it.
+                if taps is not None:
+                    taps.setdefault(hidden.name, _Moments()).add(z, pair.first_handler.channel_dim)
+                measured = neurons.carried_norms.get(hidden.name)
+                entries = {} if measured is None else identity_entries(bn, *measured) or {}
             z = norm.replay(
                 bn,
                 z,
-                neurons.bn_weight if own else None,
-                neurons.bn_bias if own else None,
-                neurons.bn_running_mean if own else None,
-                neurons.bn_running_var if own else None,
+                entries.get("weight"),
+                entries.get("bias"),
+                entries.get("running_mean"),
+                entries.get("running_var"),
             )
         else:
             z = replay_op(hidden.kind, hidden.op, z)
@@ -100,6 +114,27 @@ def _first_forward(pair: GrowablePair, x: Tensor, neurons: NewNeurons) -> Tensor
 
 def _second_forward(pair: GrowablePair, h: Tensor, weight: Tensor) -> Tensor:
     return pair.second_handler.forward(pair.second, h, weight.to(h.dtype), None)
+
+
+@dataclass
+class _Moments:
+    """Per-unit sum and sum of squares of new units' values at one op's input."""
+
+    total: Tensor | float = 0.0
+    squares: Tensor | float = 0.0
+    count: int = 0
+
+    def add(self, z: Tensor, channel_dim: int) -> None:
+        z = z.double().movedim(channel_dim, -1).reshape(-1, z.shape[channel_dim])
+        self.total = self.total + z.sum(0)
+        self.squares = self.squares + z.square().sum(0)
+        self.count += z.shape[0]
+
+    def mean_var(self) -> tuple[Tensor, Tensor]:
+        """Mean and (biased, as BatchNorm's) variance per unit."""
+        n = max(self.count, 1)
+        mean = torch.as_tensor(self.total) / n
+        return mean, (torch.as_tensor(self.squares) / n - mean.square()).clamp_min(0.0)
 
 
 @dataclass
@@ -134,6 +169,7 @@ def inject(
     neurons: NewNeurons,
     scale: float = 1.0,
     capture: _Capture | None = None,
+    taps: dict[str, _Moments] | None = None,
 ) -> Iterator[Callable[[float], None]]:
     """Add ``scale ×`` the new neurons' output to ``second``'s output while the context is open.
 
@@ -146,7 +182,7 @@ def inject(
         z_new = _first_forward(pair, inputs[0], neurons)
         if capture is not None:
             capture.add(z_new, output, pair.first_handler.channel_dim)
-        pending.append(_apply_between(pair, z_new, neurons))
+        pending.append(_apply_between(pair, z_new, neurons, taps))
 
     def on_second(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
         h_new = pending.pop(0)
@@ -187,6 +223,33 @@ def measure_activity(
     var = (capture.new_sq / n - mean.square()).clamp_min(0.0)
     existing_rms = float((capture.old_sq / n).sqrt().median())
     return base_loss, torch.tensor(existing_rms), mean, var
+
+
+def measure_carried_norms(
+    pair: GrowablePair, neurons: NewNeurons, evaluate: Callable[[], float]
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """The new units' mean and variance at the input of each BatchNorm after a depthwise conv
+    (one ``evaluate`` at scale 0, with the pair's own norm entries as set); empty when none.
+
+    Surgery turns them into entries that make those norms the identity for the new units in
+    eval mode and about so in train mode (docs/math.md §1).
+    """
+    carried = [
+        hidden
+        for hidden in pair.between
+        if hidden.kind is OpKind.BATCH_NORM and hidden.op is not pair.batch_norm
+    ]
+    if not carried:
+        return {}
+    taps: dict[str, _Moments] = {}
+    with inject(pair, neurons, scale=0.0, taps=taps):
+        evaluate()
+    like = {"dtype": neurons.first_weight.dtype, "device": neurons.first_weight.device}
+    measured = {}
+    for name, moments in taps.items():
+        mean, var = moments.mean_var()
+        measured[name] = (mean.to(**like), var.to(**like))
+    return measured
 
 
 @dataclass

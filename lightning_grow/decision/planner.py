@@ -18,6 +18,7 @@ from torch import Tensor
 from lightning_grow.decision.amplitude import (
     inject,
     measure_activity,
+    measure_carried_norms,
     scale_neurons,
     search_amplitude,
 )
@@ -123,6 +124,8 @@ def _prepare_tiny(pair: GrowablePair, neurons: NewNeurons, evaluate: Callable[[]
         factor = torch.where(rms > 0, existing_rms / rms.clamp_min(1e-30), torch.ones_like(rms))
         factor = factor.to(**like)
         scale_neurons(neurons, factor, 1.0 / factor)
+    # Measured with the first norm's entries and the scaling above, as the units will run.
+    neurons.carried_norms = measure_carried_norms(pair, neurons, evaluate)
     return base_loss
 
 

@@ -3,27 +3,29 @@
 A depthwise convolution between ``first`` and ``second`` (MobileNetV2's expand → depthwise →
 project) gets one identity filter per new channel (a delta at the kernel's centre, bias 0) and
 its ``in_channels``, ``out_channels`` and ``groups`` grow together; a BatchNorm after it gets
-fresh entries (1, 0, 0, 1). For a new channel the depthwise conv, and that BatchNorm in eval
-mode up to its ``1/sqrt(1 + eps)``, are then the identity (docs/math.md §1). Like the rest of
+entries that make it the identity for the new channels (from their measured mean and variance,
+else fresh ones: 1, 0, 0, 1). For a new channel the depthwise conv and that BatchNorm are then
+the identity (docs/math.md §1). Like the rest of
 surgery these are plans (:class:`~lightning_grow.surgery.widen.ModuleEdit`), applied later.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_grow.layers import OpKind
 from lightning_grow.layers.depthwise import carried_conv_problem, delta_filters
 from lightning_grow.surgery.widen import (
     ModuleEdit,
+    NewNeurons,
     _describe,
     _grown_parameter,
     plan_batch_norm_growth,
 )
 from lightning_grow.topology.pairs import GrowablePair
 
-__all__ = ["plan_carried_growth", "plan_depthwise_growth"]
+__all__ = ["identity_entries", "plan_carried_growth", "plan_depthwise_growth"]
 
 
 def plan_depthwise_growth(module: nn.Module, num_new: int, name: str = "") -> ModuleEdit:
@@ -52,8 +54,27 @@ def plan_depthwise_growth(module: nn.Module, num_new: int, name: str = "") -> Mo
     return edit
 
 
-def plan_carried_growth(pair: GrowablePair, num_new: int) -> list[ModuleEdit]:
-    """The edits for every depthwise conv of ``pair``, and every BatchNorm but the pair's own."""
+def identity_entries(module: nn.Module, mean: Tensor, var: Tensor) -> dict[str, Tensor] | None:
+    """BatchNorm entries that pass new channels of input mean ``mean`` and variance ``var``
+    unchanged: running statistics ``(mean, var)``, ``weight = sqrt(var + eps)``, ``bias = mean``.
+
+    In eval mode the norm is then exactly the identity for them, and in train mode, where it
+    standardises with the batch's statistics, it is the identity up to how far those are from
+    the measured ones (a fresh entry would standardise them instead). ``None`` when the norm has
+    no affine entries to undo the standardisation with (it then keeps fresh entries).
+    """
+    if getattr(module, "weight", None) is None or getattr(module, "bias", None) is None:
+        return None
+    entries = {"weight": (var + module.eps).sqrt(), "bias": mean}
+    if getattr(module, "running_mean", None) is not None:
+        entries.update(running_mean=mean, running_var=var)
+    return entries
+
+
+def plan_carried_growth(pair: GrowablePair, neurons: NewNeurons) -> list[ModuleEdit]:
+    """The edits for every depthwise conv of ``pair``, and every BatchNorm but the pair's own
+    (fresh entries, or :func:`identity_entries` of ``neurons.carried_norms``)."""
+    num_new = neurons.num_neurons
     edits = []
     for hidden in pair.between:
         module = hidden.op
@@ -72,5 +93,9 @@ def plan_carried_growth(pair: GrowablePair, num_new: int) -> list[ModuleEdit]:
                     f"{_describe(module, hidden.name)} has {module.num_features} features but "
                     f"the pair {pair.name} has {pair.width}"
                 )
-            edits.append(plan_batch_norm_growth(module, num_new, name=hidden.name))
+            measured = neurons.carried_norms.get(hidden.name)
+            entries = None if measured is None else identity_entries(module, *measured)
+            edits.append(
+                plan_batch_norm_growth(module, num_new, **(entries or {}), name=hidden.name)
+            )
     return edits

@@ -64,6 +64,9 @@ class NewNeurons:
     bn_weight, bn_bias, bn_running_mean, bn_running_var
         ``(K,)`` entries for the BatchNorm between the layers, if any. Defaults: 1, 0, 0, 1 (a
         freshly constructed BatchNorm).
+    carried_norms
+        A BatchNorm after a depthwise conv, by name → ``(mean, var)`` of the new channels at its
+        input: entries that make it the identity for them (:mod:`~lightning_grow.surgery._carried`).
     """
 
     first_weight: Tensor
@@ -73,6 +76,7 @@ class NewNeurons:
     bn_bias: Tensor | None = None
     bn_running_mean: Tensor | None = None
     bn_running_var: Tensor | None = None
+    carried_norms: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     @property
     def num_neurons(self) -> int:
@@ -437,7 +441,7 @@ def _plan_pair(pair: GrowablePair, neurons: NewNeurons) -> list[ModuleEdit]:
         raise ValueError(f"pair {pair.name} has no BatchNorm, but BatchNorm entries were given")
     from lightning_grow.surgery._carried import plan_carried_growth  # imports this module
 
-    return [*edits, *plan_carried_growth(pair, num_new)]
+    return [*edits, *plan_carried_growth(pair, neurons)]
 
 
 def grow_pair(
