@@ -131,6 +131,8 @@ def run(network: nn.Module, data: TensorDataset, steps: int, batch: int, grow: b
     result: dict[str, Any] = {
         "median_step_s": statistics.median(intervals),
         "mean_step_s": statistics.fmean(intervals),
+        # Quartiles of the step time: the spread the shared machine's load puts on the medians.
+        "step_quartiles_s": statistics.quantiles(intervals, n=4) if len(intervals) > 1 else [],
         "fit_s": elapsed,
         "peak_rss_mb": peak_rss_mb(),
         "training_gflop_per_step": training_flops / 1e9,
@@ -158,6 +160,10 @@ MODELS = {
 
 def _one(model: str, grow: bool, args: argparse.Namespace) -> dict:
     """One run in its own process, so that its peak RSS is its own."""
+    return _collect(model, grow, _launch(model, grow, args))
+
+
+def _launch(model: str, grow: bool, args: argparse.Namespace) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
@@ -167,12 +173,14 @@ def _one(model: str, grow: bool, args: argparse.Namespace) -> dict:
         *("--steps", str(args.steps), "--batch", str(args.batch)),
         *("--threads", str(args.threads), "--samples", str(args.samples)),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"{model} grow={grow} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
-        )
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _collect(model: str, grow: bool, process: subprocess.Popen) -> dict:
+    stdout, stderr = process.communicate()
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if process.returncode != 0 or not lines:
+        raise RuntimeError(f"{model} grow={grow} failed:\n{stdout[-3000:]}{stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT ") :])
 
 
@@ -184,6 +192,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=8192)
     parser.add_argument(
         "--models", default="resnet18_1_64", help="comma-separated: " + ", ".join(MODELS)
+    )
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="run without and with the callback at the same time (one process each), so that "
+        "both see the same load of a shared machine",
     )
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -197,9 +211,13 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for model in args.models.split(","):
         entry: dict[str, Any] = {"args": vars(args)}
+        if args.together:
+            running = {grow: _launch(model, grow, args) for grow in (False, True)}
         for grow in (False, True):
             key = "grown" if grow else "plain"
-            entry[key] = _one(model, grow, args)
+            entry[key] = (
+                _collect(model, grow, running[grow]) if args.together else _one(model, grow, args)
+            )
             print(model, key, json.dumps({k: v for k, v in entry[key].items() if k != "plan"}))
         plain, grown = entry["plain"], entry["grown"]
         entry["median_step_ratio"] = grown["median_step_s"] / plain["median_step_s"]

@@ -304,3 +304,100 @@ def test_statistics_flops_counts_what_each_group_gathers_over_its_turn() -> None
     first_turn = 8 * 2 * 100 + 32 * 1 * 10  # per step, for 10 steps
     second_turn = 32 * 1 * 1000  # per step, for 30 steps
     assert planned == pytest.approx((10 * first_turn + 30 * second_turn) / 40)
+
+
+def test_held_samples_of_an_expensive_group_follow_the_search_cost_model() -> None:
+    """S = budget · W · 3 · B / (pairs · E), in whole batches, within [one batch, requested]."""
+    from lightning_grow.decision.budget import SEARCH_EVALUATIONS_PER_PAIR as E
+    from lightning_grow.decision.budget import search_held_samples
+
+    common = dict(budget=0.05, batch_size=64)
+    # 0.05 · 1979 · 3 · 64 / (1 · E) = 2375 affordable (E = 8): the 256 asked for fit.
+    assert search_held_samples(256, window_batches=1979, pairs=1, **common) == 256
+    # 0.05 · 200 · 3 · 64 / (1 · E) = 240: three whole batches.
+    expected = math.floor(0.05 * 200 * 3 * 64 / E / 64) * 64
+    assert search_held_samples(256, window_batches=200, pairs=1, **common) == expected == 192
+    # Two pairs searched in turn halve it.
+    assert search_held_samples(256, window_batches=200, pairs=2, **common) == 64
+    # A short window still holds one batch: the search needs samples.
+    assert search_held_samples(256, window_batches=18, pairs=2, **common) == 64
+    # Never more than asked for, rounded up to whole batches as without a budget.
+    assert search_held_samples(100, window_batches=10**6, pairs=1, **common) == 128
+
+
+def test_an_expensive_groups_search_uses_the_held_samples_it_can_afford(monkeypatch) -> None:
+    """On a run whose statistics are subsampled, each decision's search sees one held batch
+    (the budget affords less than the 256 samples asked for); the growth is still decided."""
+    import lightning_grow.callback.growth as growth_module
+
+    seen: list[int] = []
+    real = growth_module.HeldOut
+
+    def spy(pl_module, batches, loss_fn, split=True):
+        seen.append(sum(len(batch[0]) for batch in batches))
+        return real(pl_module, batches, loss_fn, split)
+
+    monkeypatch.setattr(growth_module, "HeldOut", spy)
+    network = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(2, 16, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    )
+    module = ClassifierModule(network, num_classes=4)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 3, 16, 16, generator=generator)
+    loader = DataLoader(TensorDataset(x, torch.randint(0, 4, (256,))), batch_size=32)
+    callback = GrowthCallback(
+        verbose=False, compute_budget=0.01, statistics_samples=32, stop_fraction=None
+    )
+    _fit(callback, module, loader, 40)
+    plan = callback.plan
+    assert plan is not None and plan.subsampled(plan.groups[0]), plan
+    assert callback.history, "no decision: the test would check nothing"
+    assert seen and all(samples == 32 for samples in seen), seen
+    assert callback.schedule is not None and callback.schedule.hold_steps == 1
+
+
+def test_a_cheap_network_keeps_every_held_sample_it_asked_for() -> None:
+    callback = GrowthCallback(verbose=False, held_samples=96, stop_fraction=None)
+    _fit(callback, _Regression(), _loader(), 40)
+    assert callback.plan is not None and not callback.plan.subsampled(callback.plan.groups[0])
+    assert callback.schedule is not None and callback.schedule.hold_steps == 3
+
+
+def test_the_step_time_is_the_median_after_the_warm_up_interval(monkeypatch) -> None:
+    """A slow first batch (warm-up) sets the first plan; the first decision re-plans with the
+    median of the later intervals, and only once."""
+    import lightning_grow.callback._budget_keeper as keeper_module
+    from lightning_grow.callback._budget_keeper import CALIBRATION_INTERVALS, BudgetKeeper
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(keeper_module.time, "perf_counter", lambda: clock["now"])
+    keeper = BudgetKeeper(compute_budget=0.1, memory_budget=None)
+    steps = [0.3, 0.011, 0.009, 0.010, 0.5, 0.010, 0.012, 0.010, 7.0]  # warm-up, then steady
+    keeper.observe_batch_start()
+    for step in steps:
+        clock["now"] += step
+        keeper.observe_batch_start()
+    # The plan is made from the first interval; the later ones are timed up to a limit.
+    assert keeper.step_seconds == pytest.approx(0.3)
+    assert CALIBRATION_INTERVALS == 6  # the 7.0 s interval comes after: never timed
+    # Median of 0.011, 0.009, 0.010, 0.5, 0.010, 0.012 (the 0.5 s outlier does not move it).
+    assert keeper.steady_step_seconds() == pytest.approx(0.0105)
+    keeper._costs = [
+        PairCost(
+            name="p", flops_per_sample=1.0, samples_per_image=1, window_samples=512, sampled=False
+        )
+    ]
+    keeper._plan_options = {"batch_size": 32, "world_size": 1, "max_window_steps": None}
+    keeper.throughput = 1e9
+    plan = keeper._plan_now()
+    replanned = keeper.recalibrate(plan, 0, 0.0, torch.device("meta"))
+    assert replanned is not None
+    assert keeper.step_seconds == pytest.approx(0.0105)
+    assert keeper.recalibrate(plan, 0, 0.0, torch.device("meta")) is None  # once only
