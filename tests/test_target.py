@@ -262,3 +262,20 @@ def test_resume_keeps_target_and_monitor_state(tmp_path):
     again = GrowthCallback(monitor="val_acc", monitor_mode="max", **FAST)
     again.load_state_dict(state)
     assert again.monitor.best == 0.7 and again.monitor.fresh
+
+
+def test_target_at_the_starting_width_warns_and_grows_nothing():
+    model = Classifier(mlp(4))
+    callback = GrowthCallback(target={"net.0 -> net.2": 4}, target_by=20, **FAST)
+    with pytest.warns(UserWarning, match="already at its target"):
+        fit(model, callback, epochs=2)
+    assert callback.widths == {"net.0 -> net.2": 4}
+    assert not any(e.accepted for e in callback.history)
+
+
+def test_monitor_without_a_validation_loop_warns_and_grows_nothing():
+    model = Classifier(mlp(2), [0.5])
+    callback = GrowthCallback(monitor="val_acc", monitor_mode="max", **FAST)
+    with pytest.warns(UserWarning, match="no validation check has reported it"):
+        fit(model, callback, epochs=3, val=False)
+    assert not any(e.accepted for e in callback.history)

@@ -103,6 +103,12 @@ class TargetModeMixin:
         """In target mode the deadline replaces ``stop_step/epoch/fraction``."""
         assert self.target is not None
         self.target.resolve(self.initial_widths, trainer.estimated_stepping_batches)
+        smallest = min((parameters_per_neuron(p) for p in self._growing), default=1)
+        if self.target.reached(self.widths, self.total_parameters, smallest):
+            rank_zero_warn(
+                f"GrowthCallback: the network is already at its target ({self.widths}, "
+                f"{self.total_parameters} parameters); nothing will grow."
+            )
         return self.target.by_step
 
     def _quota(self: GrowthCallback, trainer: pl.Trainer) -> Quota | None:
@@ -112,6 +118,13 @@ class TargetModeMixin:
         if self.monitor is None:
             return None
         if not self.monitor.fresh:
+            if self.monitor.best is None and trainer.current_epoch >= 1 and not self.monitor.warned:
+                self.monitor.warned = True
+                rank_zero_warn(
+                    f"GrowthCallback(monitor={self.monitor.monitor!r}): no validation check has "
+                    "reported it after a full epoch (is there a validation loop?); nothing grows "
+                    "until one does."
+                )
             return Quota()
         self.monitor.fresh = False
         return Quota(
