@@ -223,8 +223,9 @@ def plan_quota(
 
     The significance test and gain threshold are not applied (the target or the validation
     metric decides how much to grow). Neurons whose line search finds no loss decrease keep
-    zero output weights (function-preserving; they learn from there). At the last decision,
-    filler units make up what the candidates (at most the pair's rank limit) cannot.
+    zero output weights (function-preserving; they learn from there). For TINY only the
+    significant candidates are installed; filler units (random fan-in, zero fan-out) make up
+    the rest of the quota, and at the last decision whatever is still missing.
     Same return as :func:`~lightning_grow.decision.planner.plan_growth`.
     """
     wanted = max([*quota.neurons.values(), 1])
@@ -242,6 +243,10 @@ def plan_quota(
         count = counts.get(pair.name, 0)
         candidate = candidates.get(pair.name)
         available = 0 if candidate is None else min(count, candidate.max_neurons)
+        if candidate is not None and config.method is Method.TINY:
+            # Beyond the significant ones, TINY's directions fit the noise of one window (on
+            # digits they cost 1 pt of test accuracy): the rest of the quota gets filler units.
+            available = min(available, candidate.num_significant)
         started = time.perf_counter()
         neurons, amplitude, before, after = None, 0.0, math.nan, math.nan
         if available > 0:
@@ -250,7 +255,7 @@ def plan_quota(
                 before = _prepare_tiny(pair, neurons, evaluate)
                 amplitude, after = _search(pair, neurons, before, evaluate, config)
                 neurons.second_weight = neurons.second_weight * amplitude
-        if quota.last and count > available:
+        if count > available and (candidate is not None or quota.last):
             filler = _filler(pair, count - available, config.seed + 7919 * decision_index + index)
             neurons = _concatenate(neurons, filler)
         added = 0 if neurons is None else neurons.num_neurons
