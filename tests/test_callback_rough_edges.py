@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_grow.callback.growth as callback_module
+import lightning_grow.callback._transport as callback_module  # where apply_growth widens
 from lightning_grow import GrowthCallback
 from lightning_grow.surgery.checkpoint import ResizeOnLoadMixin
 from lightning_grow.surgery.widen import grow_pair

@@ -30,6 +30,8 @@ _INTEGERS = {
     "max_neurons_per_event": (1, True),
     "max_parameters": (1, True),
     "seed": (None, False),
+    "target_parameters": (1, True),
+    "monitor_patience": (1, False),
 }
 
 
@@ -99,6 +101,51 @@ def _check_max_width(max_width: Any) -> None:
         _check_integer(f"max_width[{key!r}]", cap, 1, False)
 
 
+def _check_modes(arguments: dict[str, Any]) -> None:
+    """``target`` / ``target_parameters`` / ``target_by`` and ``monitor`` / ``monitor_mode``."""
+    target, budget = arguments["target"], arguments["target_parameters"]
+    if target is not None and budget is not None:
+        raise ValueError(
+            "give either target (widths or a multiplier) or target_parameters (a parameter "
+            f"budget), not both; got target={target!r}, target_parameters={budget!r}"
+        )
+    if isinstance(target, Mapping):
+        if not target:
+            raise ValueError("target is an empty dict: give {pair name: width} for some pair")
+        for key, width in target.items():
+            if not isinstance(key, str):
+                raise TypeError(f"target keys must be pair names (str), got {key!r}")
+            _check_integer(f"target[{key!r}]", width, 1, False)
+    elif target is not None:
+        if not _is_real(target):
+            raise TypeError(
+                "target must be a {pair name: width} dict, a multiplier of the starting widths "
+                f"(a number >= 1, e.g. 4.0) or None, got {target!r} ({type(target).__name__})"
+            )
+        _check_real("target", target, 1.0)
+    by = arguments["target_by"]
+    if _is_integer(by):
+        if by < 1:
+            raise ValueError(f"target_by must be an optimizer step >= 1 or a fraction, got {by}")
+    elif _is_real(by):
+        _check_real("target_by", by, 0.0, 1.0, open_low=True)
+    else:
+        raise TypeError(
+            "target_by must be an optimizer step (int >= 1) or a fraction of training "
+            f"(float in (0, 1]), got {by!r} ({type(by).__name__})"
+        )
+    monitor = arguments["monitor"]
+    if monitor is not None and (not isinstance(monitor, str) or not monitor):
+        raise TypeError(f"monitor must be a logged metric's name (str) or None, got {monitor!r}")
+    if arguments["monitor_mode"] not in ("min", "max"):
+        raise ValueError(f"monitor_mode must be 'min' or 'max', got {arguments['monitor_mode']!r}")
+    if monitor is not None and (target is not None or budget is not None):
+        raise ValueError(
+            "monitor and a target are exclusive: a target fixes the final size, monitor lets "
+            f"validation decide it (got monitor={monitor!r} with a target)"
+        )
+
+
 def check_arguments(arguments: dict[str, Any]) -> None:
     """Reject bad arguments at construction, with the argument's name and the valid range.
 
@@ -147,6 +194,7 @@ def check_arguments(arguments: dict[str, Any]) -> None:
     if low > high:
         raise ValueError(f"amplitude_range must satisfy 0 < low <= high, got {(low, high)}")
     _check_max_width(arguments["max_width"])
+    _check_modes(arguments)
     if arguments["loss_fn"] is not None and not callable(arguments["loss_fn"]):
         raise TypeError("loss_fn must be callable as loss_fn(pl_module, batch) -> loss tensor")
 
@@ -172,7 +220,9 @@ def check_network(pl_module: nn.Module, network: str | None) -> None:
         ) from None
 
 
-def check_max_width_keys(max_width: Any, pair_names: Iterable[str]) -> None:
+def check_max_width_keys(
+    max_width: Any, pair_names: Iterable[str], name: str = "max_width"
+) -> None:
     """Raise a clear error for a ``max_width`` key that is not the name of a growable pair.
 
     An unknown key was silently ignored: the pair it meant grew past the intended cap.
@@ -188,6 +238,6 @@ def check_max_width_keys(max_width: Any, pair_names: Iterable[str]) -> None:
     unknown = [key for key in max_width if key not in names]
     if unknown:
         raise GrowthConfigurationError(
-            f"max_width has keys that are not growable pairs: {unknown}. The pairs are "
+            f"{name} has keys that are not growable pairs: {unknown}. The pairs are "
             f"{names} (names as in the growth events: '<first> -> <second>')."
         )

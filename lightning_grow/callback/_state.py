@@ -208,6 +208,10 @@ class GrowthStateMixin:
         self.schedule.hold_steps = max(1, math.ceil(held / per_step))
 
     def _stop_step(self: GrowthCallback, trainer: pl.Trainer) -> int | None:
+        if self.monitor is not None and self.monitor.stopped:
+            return 0  # resumed after the monitored metric stopped growth
+        if self.target is not None:
+            return self._target_stop_step(trainer)
         stops: list[int] = []
         if self.stop_step is not None:
             stops.append(self.stop_step)
@@ -227,7 +231,7 @@ class GrowthStateMixin:
             "history": [event.to_dict() for event in self.history],
             "initial_widths": dict(self.initial_widths),
             "timings": dict(self.timings),
-        }
+        } | self._modes_state()
         if self.spending is not None:
             state["spending"] = self.spending.state_dict()
         if self.schedule is not None:
@@ -251,6 +255,7 @@ class GrowthStateMixin:
         self.history = [GrowthEvent.from_dict(record) for record in state_dict["history"]]
         self.initial_widths = dict(state_dict["initial_widths"])
         self.timings.update(state_dict.get("timings", {}))
+        self._load_modes_state(state_dict)
         if self.spending is not None:
             self.spending.load_state_dict(state_dict.get("spending", {}))
         if "schedule" in state_dict:

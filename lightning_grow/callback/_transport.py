@@ -10,12 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
+from lightning_grow.callback._lightning import rewrap_ddp
 from lightning_grow.decision.planner import PlannedGrowth
+from lightning_grow.surgery.widen import NewNeurons, all_or_nothing, grow_pair
 from lightning_grow.topology.pairs import GrowablePair
 
-__all__ = ["DecisionPayload", "fit_to_current_shapes", "to_payload"]
+__all__ = ["DecisionPayload", "apply_growth", "fit_to_current_shapes", "to_payload"]
 
 #: ``(pair name, NewNeurons fields on the CPU)`` for one grown pair.
 GrowthPayload = tuple[str, dict[str, Any]]
@@ -84,3 +88,23 @@ def fit_to_current_shapes(pair: GrowablePair, tensors: dict[str, Any]) -> dict[s
         padding = second_weight.new_zeros((missing_outputs, *second_weight.shape[1:]))
         tensors["second_weight"] = torch.cat([second_weight, padding], dim=0)
     return tensors
+
+
+def apply_growth(
+    trainer: pl.Trainer, pairs: list[GrowablePair], growth: list[GrowthPayload]
+) -> set[str]:
+    """Install the planned neurons on this rank; return the names of the grown pairs."""
+    by_name = {pair.name: pair for pair in pairs}
+    grown: set[str] = set()
+    # All pairs or none: a failure on one undoes the pairs grown before it.
+    with all_or_nothing() as journal:
+        for name, tensors in growth:
+            pair = by_name[name]
+            device = pair.first.weight.device
+            tensors = fit_to_current_shapes(pair, move_data_to_device(tensors, device))
+            neurons = NewNeurons(**tensors)
+            grow_pair(pair, neurons, trainer.optimizers, journal=journal)
+            grown.add(name)
+    if grown:
+        rewrap_ddp(trainer)
+    return grown

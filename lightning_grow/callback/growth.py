@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
@@ -22,18 +21,13 @@ from lightning_grow.callback._lightning import (
     default_loss,
     gradient_scale,
     quiet_evaluation,
-    rewrap_ddp,
     settle_gloo_at_exit,
     should_accumulate,
 )
+from lightning_grow.callback._monitor import TargetModeMixin
 from lightning_grow.callback._spread import solve_spread
 from lightning_grow.callback._state import GrowthStateMixin
-from lightning_grow.callback._transport import (
-    DecisionPayload,
-    GrowthPayload,
-    fit_to_current_shapes,
-    to_payload,
-)
+from lightning_grow.callback._transport import DecisionPayload, apply_growth, to_payload
 from lightning_grow.decision.budget import StatisticsPlan
 from lightning_grow.decision.planner import GrowthConfig, Solved, plan_growth
 from lightning_grow.decision.policy import GrowthSchedule, Phase
@@ -43,7 +37,7 @@ from lightning_grow.reporting.loggers import GrowthReporter
 from lightning_grow.solver.method import MethodName
 from lightning_grow.statistics.accumulator import LazyMoments, PairStatistics, reduce_statistics
 from lightning_grow.surgery.checkpoint import enable_resize_on_load, warn_if_not_reloadable
-from lightning_grow.surgery.widen import NewNeurons, all_or_nothing, count_parameters, grow_pair
+from lightning_grow.surgery.widen import count_parameters
 from lightning_grow.topology._discovery import discover_pairs
 from lightning_grow.topology.facts import pair_parameters
 from lightning_grow.topology.pairs import GrowablePair, PairName
@@ -51,7 +45,7 @@ from lightning_grow.topology.pairs import GrowablePair, PairName
 __all__ = ["GrowthCallback"]
 
 
-class GrowthCallback(GrowthStateMixin, Callback):
+class GrowthCallback(GrowthStateMixin, TargetModeMixin, Callback):
     """Grow a plain ``torch.nn`` network while it trains, with TINY's optimal new neurons.
 
     During ordinary training steps the callback gathers, for every growable layer pair, the
@@ -164,6 +158,18 @@ class GrowthCallback(GrowthStateMixin, Callback):
         One console line per growth and a final architecture table (rank 0).
     wandb_tables
         With a ``WandbLogger``: log a growth-events table and a width chart.
+    target, target_parameters, target_by
+        Grow to a stated size by a stated point (README, "Growing to a target"): ``target`` is
+        ``{pair name: width}`` or a multiplier of the starting widths (``4.0``);
+        ``target_parameters`` a parameter budget; ``target_by`` an optimizer step (int) or a
+        fraction of the estimated steps (float). Each decision adds TINY's best neurons on a
+        front-loaded schedule, never past the target; ``stop_*`` and the significance test
+        are not used; growth stops at ``target_by``.
+    monitor, monitor_mode, monitor_patience
+        Stop that follows a logged validation metric (README, "Growing while validation
+        improves"): after each validation check that improved ``monitor`` (``"min"`` or
+        ``"max"``), the next decision adds TINY's best neurons, up to a quarter of each width;
+        ``monitor_patience`` checks without improvement stop growth. ``None``: off.
     """
 
     #: Under DDP, spread each decision's solves over the ranks (one rank per pair, in turn).
@@ -202,8 +208,17 @@ class GrowthCallback(GrowthStateMixin, Callback):
         seed: int = 0,
         verbose: bool = True,
         wandb_tables: bool = True,
+        target: dict[str, int] | float | None = None,
+        target_parameters: int | None = None,
+        target_by: int | float = 0.5,
+        monitor: str | None = None,
+        monitor_mode: Literal["min", "max"] = "min",
+        monitor_patience: int = 3,
     ) -> None:
         check_arguments(locals())
+        self._init_modes(
+            target, target_parameters, target_by, monitor, monitor_mode, monitor_patience
+        )
         self.pairs_spec = pairs
         self.network_name = network
         self.warmup_steps = warmup_steps
@@ -265,6 +280,7 @@ class GrowthCallback(GrowthStateMixin, Callback):
         check_network(pl_module, self.network_name)
         self.network, self.pairs = discover_pairs(pl_module, self.network_name, self.pairs_spec)
         check_max_width_keys(self.config.max_width, [pair.name for pair in self.pairs])
+        check_max_width_keys(self.target and self.target.spec, list(self.widths), "target")
         if not self.initial_widths:
             self.initial_widths = {pair.name: pair.width for pair in self.pairs}
 
@@ -391,7 +407,7 @@ class GrowthCallback(GrowthStateMixin, Callback):
 
         geometries = {pair.name: pair.geometry() for pair in self.pairs}
         started = time.perf_counter()
-        self._apply(trainer, payload.growth)
+        apply_growth(trainer, self.pairs, payload.growth)
         surgery_seconds = time.perf_counter() - started
 
         events = [GrowthEvent.from_dict(record) for record in payload.events]
@@ -415,6 +431,7 @@ class GrowthCallback(GrowthStateMixin, Callback):
             count_idle=not extending,
             wait=payload.wait,
         )
+        self._stop_if_done(trainer)
         self.reporter.on_decision(trainer, events, self.widths, self.total_parameters)
 
     def _plan(
@@ -435,18 +452,14 @@ class GrowthCallback(GrowthStateMixin, Callback):
         split = self.confirm_held_out and self.spending is not None
         held = HeldOut(pl_module, self._held, self.loss_fn or default_loss, split)
         with quiet_evaluation(pl_module):
-            planned, events, any_significant = plan_growth(
-                [pair for pair in self._growing if pair.name in serving],
-                moments,
-                held.choose,
-                self.config,
-                total_parameters=self.total_parameters,
-                step=trainer.global_step,
-                epoch=trainer.current_epoch,
-                decision_index=self.schedule.decisions,
-                statistics_seconds=statistics_seconds,
-                solved=solved,
-                confirm=held.confirm if split else None,
+            arguments = ([p for p in self._growing if p.name in serving], moments, held.choose)
+            common = {"total_parameters": self.total_parameters, "step": trainer.global_step}
+            common |= {"epoch": trainer.current_epoch, "decision_index": self.schedule.decisions}
+            common |= {"statistics_seconds": statistics_seconds, "solved": solved}
+            planned, events, any_significant = self._plan_quota(
+                trainer, *arguments, **common
+            ) or plan_growth(
+                *arguments, self.config, **common, confirm=held.confirm if split else None
             )
         for event in events:
             event.training_step_calls = held.calls
@@ -462,23 +475,6 @@ class GrowthCallback(GrowthStateMixin, Callback):
             any_significant=any_significant,
             wait=self.budget.pacing_wait(paced, steps),
         )
-
-    def _apply(self, trainer: pl.Trainer, growth: list[GrowthPayload]) -> set[str]:
-        """Install the planned neurons on this rank; return the names of the grown pairs."""
-        by_name = {pair.name: pair for pair in self.pairs}
-        grown: set[str] = set()
-        # All pairs or none: a failure on one undoes the pairs grown before it.
-        with all_or_nothing() as journal:
-            for name, tensors in growth:
-                pair = by_name[name]
-                device = pair.first.weight.device
-                tensors = fit_to_current_shapes(pair, move_data_to_device(tensors, device))
-                neurons = NewNeurons(**tensors)
-                grow_pair(pair, neurons, trainer.optimizers, journal=journal)
-                grown.add(name)
-        if grown:
-            rewrap_ddp(trainer)
-        return grown
 
     # ------------------------------------------------------------------ helpers
     @property
