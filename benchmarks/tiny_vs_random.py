@@ -16,7 +16,8 @@ baselines (plain loop) give the accuracy-vs-parameters curve of :mod:`benchmarks
 
 Usage::
 
-    PYTHONPATH=. python -m benchmarks.tiny_vs_random --seeds 0-19 --out benchmarks/tiny_vs_random.json
+    PYTHONPATH=. python -m benchmarks.tiny_vs_random --seeds 0-19 \
+        --out benchmarks/tiny_vs_random.json
     PYTHONPATH=. python -m benchmarks.tiny_vs_random --seeds 0-9 --fixed 4,8,12,16,24,32,64,128 \
         --skip-grown --out benchmarks/fixed_widths.json
 """
