@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 
 from lightning_grow.callback._lightning import refresh_compiled
-from lightning_grow.decision.budget import StatisticsPlan, search_held_samples
+from lightning_grow.decision.budget import StatisticsPlan
 from lightning_grow.decision.policy import GrowthSchedule
 from lightning_grow.reporting.events import GrowthEvent
 from lightning_grow.statistics.accumulator import PairStatistics
@@ -59,6 +59,7 @@ class GrowthStateMixin:
         if restored:
             self._restore_in_flight(schedule, self._pending_state, trainer.is_global_zero)
             self._pending_state = None
+        self.budget.observe_batch_start()
         if self.plan is not None or self.budget.compute_budget is None:
             self._plan_statistics(trainer, warn=not restored)
         return schedule
@@ -68,6 +69,8 @@ class GrowthStateMixin:
         assert self.schedule is not None
         stop_step = self.schedule.stop_step
         plan = self.plan
+        if plan is None:
+            self.budget.observe_batch_start()
         if trainer.is_global_zero and plan is None:
             growth_steps = None if stop_step is None else stop_step - trainer.global_step
             plan = self.budget.plan(
@@ -93,7 +96,9 @@ class GrowthStateMixin:
                 statistics.flush()  # the deferred first batch, now with the planned sampling
             elif statistics.is_open:
                 statistics.close()  # another group's turn comes later
-        self._size_turn()
+        self.schedule.window_steps = max(
+            1, math.ceil(self.plan.window_steps[self._group] / self._accumulate)
+        )
         left = None if stop_step is None else stop_step - trainer.global_step
         if warn and trainer.is_global_zero and left is not None and left > 0:
             hold = self.schedule.hold_steps
@@ -178,34 +183,8 @@ class GrowthStateMixin:
         """Serve the next group of pairs; its window has its own length."""
         assert self.plan is not None and self.schedule is not None
         self._group = (self._group + 1) % len(self.plan.groups)
-        self._size_turn()
-
-    def _size_turn(self: GrowthCallback) -> None:
-        """The window and the held batches of the group being served.
-
-        Where the group's statistics are subsampled (an expensive network), its amplitude
-        searches are sized to the budget too: a forward pass over 256 held samples per trial
-        amplitude took 69 s of a 1/64 ResNet-18's decision, which pacing then repaid with
-        ~480 steps of waiting. Fewer held samples keep the search within the paced share of
-        the group's window (:func:`~lightning_grow.decision.budget.search_held_samples`);
-        cheap networks keep every held sample. Computed from the shared plan and settings
-        only, so every rank's schedule agrees.
-        """
-        assert self.plan is not None and self.schedule is not None
-        group = self.plan.groups[self._group]
-        batches = self.plan.window_steps[self._group]
-        self.schedule.window_steps = max(1, math.ceil(batches / self._accumulate))
-        held = self.held_samples
-        if self.budget.compute_budget is not None and self.plan.subsampled(group):
-            held = search_held_samples(
-                held,
-                budget=self.budget.compute_budget / 2,
-                window_batches=batches,
-                batch_size=self._batch_size,
-                pairs=len(group),
-            )
-        per_step = self._batch_size * self._accumulate
-        self.schedule.hold_steps = max(1, math.ceil(held / per_step))
+        steps = self.plan.window_steps[self._group]
+        self.schedule.window_steps = max(1, math.ceil(steps / self._accumulate))
 
     def _stop_step(self: GrowthCallback, trainer: pl.Trainer) -> int | None:
         if self.monitor is not None and self.monitor.stopped:

@@ -42,14 +42,8 @@ __all__ = [
     "pair_cost",
     "pair_memory",
     "plan_statistics",
-    "search_held_samples",
     "statistics_flops",
 ]
-
-#: Forward passes over the held samples that one pair's amplitude search typically makes: one
-#: to measure the new units' activity, then about seven amplitudes and signs on the doubling
-#: grid (the walk stops early when no smaller amplitude can reach the acceptance bar).
-SEARCH_EVALUATIONS_PER_PAIR = 8
 
 
 @dataclass(frozen=True)
@@ -316,43 +310,3 @@ def statistics_flops(
         total += per_step * window
         steps += window
     return full, total / max(steps, 1)
-
-
-def search_held_samples(
-    requested: int,
-    *,
-    budget: float,
-    window_batches: int,
-    batch_size: int,
-    pairs: int,
-) -> int:
-    """Held samples an expensive group's amplitude searches can afford within the budget.
-
-    A search makes about :data:`SEARCH_EVALUATIONS_PER_PAIR` forward passes over the held
-    samples for each of the group's ``pairs``, and a forward pass costs about a third of a
-    training step per sample (the backward costs twice the forward). Decisions are paced to
-    ``budget`` of the training time (half the compute budget), so a group whose window lasts
-    ``window_batches`` batches of ``batch_size`` affords
-
-        ``S = budget · window_batches · 3 · batch_size / (pairs · SEARCH_EVALUATIONS_PER_PAIR)``
-
-    held samples per decision without making the next window wait. The result is in whole
-    batches, at least one (the search needs some samples) and at most ``requested``.
-
-    Parameters
-    ----------
-    requested
-        The held samples asked for (``GrowthCallback(held_samples=...)``).
-    budget
-        Share of the training time the decisions may take.
-    window_batches
-        Batches of the group's statistics window (per rank).
-    batch_size
-        Samples of one batch (on rank 0, which searches).
-    pairs
-        Pairs decided together.
-    """
-    affordable = budget * window_batches * 3 * batch_size
-    affordable /= max(pairs, 1) * SEARCH_EVALUATIONS_PER_PAIR
-    batches = max(1, min(math.ceil(requested / batch_size), math.floor(affordable / batch_size)))
-    return batches * batch_size
