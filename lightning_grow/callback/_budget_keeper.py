@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -42,9 +41,6 @@ from lightning_grow.topology.pairs import GrowablePair
 __all__ = ["BudgetKeeper", "default_memory_budget"]
 
 _MiB = 2**20
-
-#: Batch intervals timed after the first (warm-up) one; their median is the step time.
-CALIBRATION_INTERVALS = 6
 
 
 def default_memory_budget(device: torch.device) -> int:
@@ -87,7 +83,6 @@ class BudgetKeeper:
         self._fit_started: float | None = None
         self._growth_seconds = 0.0
         self._restored = False
-        self._refined = False
         self.throughput = math.nan
         self._costs: list[PairCost] = []
         self._plan_options: dict[str, Any] = {}
@@ -144,28 +139,19 @@ class BudgetKeeper:
         self._handles = []
 
     def observe_batch_start(self) -> None:
-        """Time the first training batches (call it at every batch start; it stops by itself).
+        """Time the training batches before the plan: the step time is the last interval.
 
-        The plan is made at the second batch from the first interval, which includes one-off
-        warm-up (allocations, lazy initialisation, the data loader starting): on the digits CNN
-        286 ms against a 10 ms step, so the budget never bound. The next
-        :data:`CALIBRATION_INTERVALS` intervals are timed too, and the first decision replaces
-        the step time by their median (:meth:`recalibrate`).
+        The first batch's interval includes one-off warm-up, so it overstates the step a
+        little (more generous budget); on the CPU, measured windows correct it
+        (:meth:`recalibrate`).
         """
         now = time.perf_counter()
         if self._fit_started is None:
             self._fit_started = now
-        if self._restored or len(self._batch_starts) > CALIBRATION_INTERVALS + 1:
-            return
         self._batch_starts.append(now)
-        if len(self._batch_starts) == 2:
-            self.step_seconds = self._batch_starts[1] - self._batch_starts[0]
+        if len(self._batch_starts) >= 2 and not self._restored:
+            self.step_seconds = self._batch_starts[-1] - self._batch_starts[-2]
             self.stop()
-
-    def steady_step_seconds(self) -> float | None:
-        """Median of the timed batch intervals after the first (``None``: fewer than two)."""
-        intervals = [b - a for a, b in zip(self._batch_starts, self._batch_starts[1:])][1:]
-        return statistics.median(intervals) if len(intervals) >= 2 else None
 
     # ------------------------------------------------------------------ planning
     def plan(
@@ -213,32 +199,7 @@ class BudgetKeeper:
     def recalibrate(
         self, plan: StatisticsPlan, group: int, measured_seconds: float, device: torch.device
     ) -> StatisticsPlan | None:
-        """A new plan when the step time or a window's statistics missed by far, else ``None``.
-
-        At the first decision after the warm-up intervals were timed, the step time becomes
-        their median (:meth:`observe_batch_start`); the windows are planned again when it
-        differs from the first interval by more than 1.5×.
-        """
-        if self.compute_budget is None or not self._costs:
-            return None
-        replan = self._refine_step_time()
-        if device.type == "cpu":
-            replan = self._correct_throughput(plan, group, measured_seconds) or replan
-        return self._plan_now() if replan else None
-
-    def _refine_step_time(self) -> bool:
-        """Take the steady step time once; whether it moved enough to plan again."""
-        steady = None if self._refined else self.steady_step_seconds()
-        if steady is None or steady <= 0:
-            return False
-        self._refined = True
-        first, self.step_seconds = self.step_seconds, steady
-        return not first / 1.5 < steady < 1.5 * first
-
-    def _correct_throughput(
-        self, plan: StatisticsPlan, group: int, measured_seconds: float
-    ) -> bool:
-        """Whether a subsampled window's measured statistics time missed its share by far.
+        """A new plan when a window's statistics missed the budget by far, else ``None``.
 
         The GEMM throughput of the cost model is a single product's; hooks, gathers and small
         products make real windows slower (or larger products faster). When a subsampled
@@ -246,19 +207,21 @@ class BudgetKeeper:
         it, the throughput is corrected by the measured-to-planned ratio and the windows are
         planned again. Only on the CPU: on accelerators the hooks time kernel launches.
         """
-        assert self.compute_budget is not None
+        if self.compute_budget is None or device.type != "cpu" or not self._costs:
+            return None
         steps = plan.window_steps[group]
         planned, measured = plan.seconds_per_step[group], measured_seconds / max(steps, 1)
         allowed = self.compute_budget / 2 * self.step_seconds
         if planned <= 0 or measured <= 0:
-            return False
+            return None
         subsampled = plan.subsampled(plan.groups[group])
         # A window that gathers everything is left alone: there the time is hook overhead per
         # batch (small networks), which drawing fewer images would not reduce, only blind.
         if not subsampled or allowed / 1.5 < measured < 1.5 * allowed:
-            return False
-        self.throughput /= measured / planned
-        return True
+            return None
+        ratio = measured / planned
+        self.throughput /= ratio
+        return self._plan_now()
 
     @property
     def costs(self) -> list[PairCost]:
@@ -327,4 +290,4 @@ class BudgetKeeper:
         self.step_seconds = float(state["step_seconds"])
         self._growth_seconds = float(state["growth_seconds"])
         self._fit_started = time.perf_counter() - float(state["elapsed_seconds"])
-        self._restored = self._refined = True
+        self._restored = True

@@ -321,7 +321,6 @@ class GrowthCallback(GrowthStateMixin, TargetModeMixin, Callback):
     ) -> None:
         if not self._growing:
             return
-        self.budget.observe_batch_start()  # the first batches time the step (calibration)
         if self.schedule is None:
             if self._pending_state is not None and "plan" in self._pending_state:
                 self.plan = StatisticsPlan.from_dict(self._pending_state["plan"])
