@@ -183,6 +183,14 @@ def check_arguments(arguments: dict[str, Any]) -> None:
         if arguments["false_growth_rate"] == 1.0:
             raise ValueError("false_growth_rate must be in (0, 1), got 1.0")
     _check_real("min_loss_decrease", arguments["min_loss_decrease"], 0.0)
+    compute_budget = arguments["compute_budget"]
+    if isinstance(compute_budget, str):
+        if compute_budget != "auto":
+            raise ValueError(
+                f"compute_budget must be 'auto', a positive share or None, got {compute_budget!r}"
+            )
+    elif compute_budget is not None:
+        _check_real("compute_budget", compute_budget, 0.0, open_low=True)
     if arguments["stop_fraction"] is not None:
         _check_real("stop_fraction", arguments["stop_fraction"], 0.0, 1.0, open_low=True)
     amplitude_range = arguments["amplitude_range"]

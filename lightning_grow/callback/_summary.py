@@ -254,6 +254,12 @@ def fit_summary(
         summary.growth_seconds = {
             phase: seconds - before.get(phase, 0.0) for phase, seconds in growth.timings.items()
         }
+        account = growth.budget.account
+        if account is not None and account.added_seconds > 0:
+            # The phases above miss what hooks cost inside each batch; the batch clock does not.
+            added, training = account.added_seconds, account.training_seconds
+            share = f" ({100 * added / training:.1f} % of training)" if training > 0 else ""
+            summary.notes["growth added"] = f"{format_seconds(added)} measured{share}"
     summary.files.update(_logger_files(trainer))
     for callback in trainer.checkpoint_callbacks:
         # last.ckpt when saved, else the checkpoint ModelCheckpoint kept (the latest one when

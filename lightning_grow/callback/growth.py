@@ -84,13 +84,18 @@ class GrowthCallback(GrowthStateMixin, TargetModeMixin, Callback):
         more samples.
     compute_budget
         Share of the training time that growth (statistics, solves, amplitude search, surgery)
-        may add: the default 0.1 keeps a step within 1.1× its time without growth. Half of it
-        goes to statistics: when gathering every sample would cost more, the callback draws a
-        random subset of images and, for convolutions, of output positions (an unbiased
-        estimate), spreads a window over more steps, and serves the pairs in turn when all at
-        once would make windows too long. Decisions are paced to the other half. The budget is
-        measured on the first batches (step time, matrix throughput) and printed with the plan.
-        ``None``: every sample of every step, every pair at once, no pacing.
+        may add, measured on the batch clock: when growth is ahead of it, the next statistics
+        window waits until training has caught up. Open windows spend at most half of it: when
+        gathering every sample would cost more, the callback draws a random subset of images
+        and, for convolutions, of output positions (an unbiased estimate), spreads a window
+        over more steps, and serves the pairs in turn when all at once would make windows too
+        long. The plan is made on the first batches (step time, matrix throughput) and
+        printed. ``"auto"`` (default): 0.1 for networks whose statistics must be subsampled to
+        fit it (a step stays within 1.1× its time without growth); networks whose statistics
+        fit whole are not paced, because pacing their millisecond decisions slows their growth
+        far more than it saves (the fit's summary prints what growth added). A float: that
+        share, kept for every network. ``None``: every sample of every step, every pair at
+        once, no pacing; the only setting whose growth does not depend on timings.
     memory_budget
         Bytes one pair's decision may use (its statistics buffers plus the float64 solve; see
         the plan table). Pairs above it are left out with a warning and the rest grow.
@@ -186,7 +191,7 @@ class GrowthCallback(GrowthStateMixin, TargetModeMixin, Callback):
         method: MethodName = "tiny",
         warmup_steps: int = 0,
         statistics_samples: int | None = None,
-        compute_budget: float | None = 0.1,
+        compute_budget: float | Literal["auto"] | None = "auto",
         memory_budget: int | Literal["auto"] | None = "auto",
         held_samples: int = 256,
         cooldown_steps: int = 0,
@@ -329,6 +334,7 @@ class GrowthCallback(GrowthStateMixin, TargetModeMixin, Callback):
         elif self.plan is None:
             self._plan_statistics(trainer)  # the first batch was timed: plan, then flush it
         phase = self.schedule.advance(trainer.global_step)
+        self.budget.batch_started(collecting=phase is Phase.COLLECT)
         if phase is Phase.COLLECT:
             scale = gradient_scale(trainer)
             for name in self._serving():
@@ -394,6 +400,12 @@ class GrowthCallback(GrowthStateMixin, TargetModeMixin, Callback):
                     self.plan, self._group, hook_seconds, self._growing[0].first.weight.device
                 )
                 payload.plan = None if replanned is None else replanned.to_dict()
+                # The decision so far is charged now (the pause goes out with the broadcast);
+                # surgery and reporting are charged after them.
+                self.budget.decided(time.perf_counter() - started)
+                charged = time.perf_counter()
+                subsampled = self.plan.subsampled(self._serving())
+                payload.wait = self.budget.pacing_wait(trainer.accumulate_grad_batches, subsampled)
             except Exception as error:
                 # Every rank waits in the broadcast below: send the failure, raise everywhere.
                 payload = DecisionPayload(error=f"{type(error).__name__}: {error}")
@@ -432,6 +444,8 @@ class GrowthCallback(GrowthStateMixin, TargetModeMixin, Callback):
         )
         self._stop_if_done(trainer)
         self.reporter.on_decision(trainer, events, self.widths, self.total_parameters)
+        if trainer.is_global_zero:
+            self.budget.decided(time.perf_counter() - charged)
 
     def _plan(
         self,
@@ -462,17 +476,10 @@ class GrowthCallback(GrowthStateMixin, TargetModeMixin, Callback):
             )
         for event in events:
             event.training_step_calls = held.calls
-        # Solves (d³) and searches (forward passes on held batches) are paced where statistics
-        # are subsampled, i.e. where the network is expensive. Small networks, whose decisions
-        # cost milliseconds of overhead, are not: pacing would only slow their growth.
-        phases = (TimingPhase.SOLVE, TimingPhase.SEARCH) if self.plan.subsampled(serving) else ()
-        paced = sum(event.timings[phase.value] for event in events for phase in phases)
-        steps = self.budget.step_seconds * trainer.accumulate_grad_batches
         return DecisionPayload(
             growth=[to_payload(item) for item in planned],
             events=[event.to_dict() for event in events],
             any_significant=any_significant,
-            wait=self.budget.pacing_wait(paced, steps),
         )
 
     # ------------------------------------------------------------------ helpers
