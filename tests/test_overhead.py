@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_grow import GrowthCallback
 from lightning_grow.callback import _overhead
+from lightning_grow.callback._budget_keeper import AUTO_COMPUTE_BUDGET, BudgetKeeper
 from lightning_grow.callback._overhead import OverheadAccount
 from lightning_grow.models import ClassifierModule
 from tests.helpers import permissive_callback
@@ -120,3 +121,18 @@ def test_explicit_budget_paces_a_small_network_and_auto_does_not() -> None:
     assert len({event.step for event in auto.history}) > 3
     # The account measured what growth added, on the explicit budget's run.
     assert starved.budget.account is not None and starved.budget.account.added_seconds > 0
+
+
+def test_auto_budget_paces_only_subsampled_networks(clock: FakeClock) -> None:
+    keeper = BudgetKeeper("auto", None)
+    assert keeper.compute_budget == AUTO_COMPUTE_BUDGET and keeper.account is not None
+    keeper.step_seconds = 1.0
+    for _ in range(4):
+        keeper.batch_started(collecting=False)
+        clock.now += 1.0
+    clock.now += 5.0  # a 5 s decision inside the 4th batch, against 4 s of training
+    keeper.decided(5.0)
+    assert keeper.pacing_wait(accumulate=1, subsampled=False) == 0
+    assert keeper.pacing_wait(accumulate=1, subsampled=True) == math.ceil(5.0 / 0.1 - 4.0)
+    explicit = BudgetKeeper(0.1, None)
+    assert explicit.pace_every_network and not keeper.pace_every_network

@@ -90,7 +90,7 @@ class BudgetKeeper:
         self._handles: list[Any] = []
         self._batch_starts: list[float] = []
         self.step_seconds = math.nan
-        self.account = None if compute_budget is None else OverheadAccount(compute_budget)
+        self.account = None if self.compute_budget is None else OverheadAccount(self.compute_budget)
         self._restored = False
         self.throughput = math.nan
         self._costs: list[PairCost] = []

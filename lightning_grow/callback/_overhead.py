@@ -94,8 +94,9 @@ class OverheadAccount:
 
     @property
     def training_seconds(self) -> float:
-        """Wall time of the batches seen, less what growth added."""
-        return self._fit_seconds - self.added_seconds
+        """Wall time of the fit so far (the current batch included), less what growth added."""
+        current = 0.0 if self._last_start is None else time.perf_counter() - self._last_start
+        return self._fit_seconds + current - self.added_seconds
 
     def pause_batches(self, fallback_batch_seconds: float) -> int:
         """Plain batches to train before growth may spend again (0 when within budget).
