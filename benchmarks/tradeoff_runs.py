@@ -75,9 +75,19 @@ def _record(result: Any, flops: float, metric: str) -> dict[str, Any]:
 
 
 def _teacher_metrics(net: nn.Module, data: Any) -> dict[str, float]:
-    """Test MSE and training MSE (the latter tells under-fitting from over-fitting)."""
+    """Test MSE, training MSE (tells under-fitting from over-fitting) and near-constant units.
+
+    A hidden unit whose input weights have norm < 0.15 is nearly constant on these N(0, I)
+    inputs (tanh of a pre-activation with sd < 0.15): the measure of section 7's bisect note.
+    """
     train = evaluate_regressor(net, data.train_inputs, data.train_targets)["mse"]
-    return {**evaluate_regressor(net, data.test_inputs, data.test_targets), "train_mse": train}
+    first = next(m for m in net.modules() if isinstance(m, nn.Linear))
+    near_constant = int((first.weight.detach().norm(dim=1) < 0.15).sum())
+    return {
+        **evaluate_regressor(net, data.test_inputs, data.test_targets),
+        "train_mse": train,
+        "near_constant_units": near_constant,
+    }
 
 
 def _teacher_fixed(seed: int, width: int) -> dict[str, Any]:
