@@ -158,29 +158,30 @@ def load_panels(folder: Path = HERE) -> list[Panel]:
             style,
         )
 
-    tm, tr = "target_and_monitor_results.json", "tradeoff_runs.json"
+    def new(key, label, metric="accuracy", style="o"):
+        return counted(extra[key], label, metric, "tradeoff_runs.json", style)
+
+    def tm(part, key, label, style="o"):
+        rows = target_monitor[part][key]
+        return counted(rows, label, "accuracy", "target_and_monitor_results.json", style)
+
+    def teacher(name, label, style="o"):
+        return stored(name, label, "mse", _student, TEACHER_TRAIN, 200, style)
+
+    digits_val_fixed = [new(f"digits1 val: fixed h={h}", f"fixed h={h}") for h in (8, 16, 64)]
+    digits_val_fixed += [tm("monitor", f"fixed h={h}", f"fixed h={h}") for h in (40, 128)]
+    digits_val_fixed += [new(f"digits1 val: fixed h={h}", f"fixed h={h}") for h in (512, 2048)]
+    digits_val_fixed.sort(key=lambda series: series.parameters[0])
     panels = [
         Panel(
             "digits 64-h-h-10 (sections 1, 2, 7)",
             "test accuracy",
             [digits2(f"fixed h={h}", f"fixed h={h}") for h in (8, 16, 32, 64, 128)],
             [
-                digits2("grown tiny", "TINY right-sized (§1)", "o"),
+                digits2("grown tiny", "TINY right-sized (§1)"),
                 s7("tiny", "TINY right-sized (§7)", "o"),
-                counted(
-                    extra["digits2: TINY to h=32 by 0.5"],
-                    "TINY to h=32 by 0.5",
-                    "accuracy",
-                    tr,
-                    "^",
-                ),
-                counted(
-                    extra["digits2: TINY to h=64 by 0.5"],
-                    "TINY to h=64 by 0.5",
-                    "accuracy",
-                    tr,
-                    "^",
-                ),
+                new("digits2: TINY to h=32 by 0.5", "TINY to h=32 by 0.5", style="^"),
+                new("digits2: TINY to h=64 by 0.5", "TINY to h=64 by 0.5", style="^"),
                 digits2(
                     "random, tiny's schedule", "random, TINY's schedule (§1)", "s", tiny_trajectory
                 ),
@@ -195,88 +196,31 @@ def load_panels(folder: Path = HERE) -> list[Panel]:
         Panel(
             "digits 64-h-10, whole training split (target runs)",
             "test accuracy",
+            [new(f"digits1 full: fixed h={h}", f"fixed h={h}") for h in (8, 16, 32, 64)]
+            + [tm("target", "h=128 from scratch", "fixed h=128")],
             [
-                counted(extra[f"digits1 full: fixed h={h}"], f"fixed h={h}", "accuracy", tr)
-                for h in (8, 16, 32, 64)
-            ]
-            + [
-                counted(
-                    target_monitor["target"]["h=128 from scratch"], "fixed h=128", "accuracy", tm
-                )
-            ],
-            [
-                counted(
-                    target_monitor["target"][f"TINY 4 -> 128 by {by}"],
-                    f"TINY 4→128 by {by}",
-                    "accuracy",
-                    tm,
-                    style,
-                )
+                tm("target", f"TINY 4 -> 128 by {by}", f"TINY 4→128 by {by}", style)
                 for by, style in (("0.5", "^"), ("0.8", "<"), ("0.9", ">"))
             ],
         ),
         Panel(
             "digits 64-h-10, 80 % train / 20 % validation (monitor runs)",
             "test accuracy",
-            sorted(
-                [
-                    counted(extra[f"digits1 val: fixed h={h}"], f"fixed h={h}", "accuracy", tr)
-                    for h in (8, 16, 64, 512, 2048)
-                ]
-                + [
-                    counted(
-                        target_monitor["monitor"][f"fixed h={h}"], f"fixed h={h}", "accuracy", tm
-                    )
-                    for h in (40, 128)
-                ],
-                key=lambda s: s.parameters[0],
-            ),
+            digits_val_fixed,
             [
-                counted(
-                    target_monitor["monitor"]["GrowthCallback() defaults"],
-                    "TINY right-sized",
-                    "accuracy",
-                    tm,
-                    "o",
-                ),
-                counted(
-                    target_monitor["monitor"]["monitor val/loss"],
-                    "TINY, validation stop (val/loss)",
-                    "accuracy",
-                    tm,
-                    "*",
-                ),
-                counted(
-                    target_monitor["monitor"]["monitor val/acc (max)"],
-                    "TINY, validation stop (val/acc)",
-                    "accuracy",
-                    tm,
-                    "h",
-                ),
+                tm("monitor", "GrowthCallback() defaults", "TINY right-sized"),
+                tm("monitor", "monitor val/loss", "TINY, validation stop (val/loss)", "*"),
+                tm("monitor", "monitor val/acc (max)", "TINY, validation stop (val/acc)", "h"),
             ],
         ),
         Panel(
             "teacher 16-h-8, tanh (section 4)",
             "test MSE",
+            [teacher(f"student fixed h={h}", f"fixed h={h}") for h in (8, 16, 24, 32, 64)],
             [
-                stored(f"student fixed h={h}", f"fixed h={h}", "mse", _student, TEACHER_TRAIN, 200)
-                for h in (8, 16, 24, 32, 64)
-            ],
-            [
-                stored(
-                    "student grown tiny",
-                    "TINY right-sized (§4)",
-                    "mse",
-                    _student,
-                    TEACHER_TRAIN,
-                    200,
-                ),
-                counted(
-                    extra["teacher: TINY to h=32 by 0.5"], "TINY to h=32 by 0.5", "mse", tr, "^"
-                ),
-                counted(
-                    extra["teacher: TINY to h=64 by 0.5"], "TINY to h=64 by 0.5", "mse", tr, "^"
-                ),
+                teacher("student grown tiny", "TINY right-sized (§4)"),
+                new("teacher: TINY to h=32 by 0.5", "TINY to h=32 by 0.5", "mse", "^"),
+                new("teacher: TINY to h=64 by 0.5", "TINY to h=64 by 0.5", "mse", "^"),
             ],
         ),
     ]
@@ -306,8 +250,9 @@ def verdict(panel: Panel, series: Series, axis: str) -> tuple[float, str]:
         (variant score − interpolated fixed score, verdict); the score is accuracy or
         −log10(MSE), so a positive difference is always better than the fixed curve.
     """
-    xs = np.log([_mean_sd(getattr(f, axis))[0] for f in panel.fixed])
-    means, sds = zip(*(_mean_sd(panel.score(f.metric)) for f in panel.fixed))
+    fixed = sorted(panel.fixed, key=lambda f: _mean_sd(getattr(f, axis))[0])
+    xs = np.log([_mean_sd(getattr(f, axis))[0] for f in fixed])
+    means, sds = zip(*(_mean_sd(panel.score(f.metric)) for f in fixed))
     x = math.log(_mean_sd(getattr(series, axis))[0])
     fixed_mean, fixed_sd = np.interp(x, xs, means), np.interp(x, xs, sds)
     fixed_n = min(len(f.metric) for f in panel.fixed)

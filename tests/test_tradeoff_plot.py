@@ -54,6 +54,9 @@ def test_verdict_interpolates_the_fixed_curve_in_log_size() -> None:
     assert verdict(panel, _series("up", [0.99, 0.991], 1000.0), "parameters")[1] == "above"
     assert verdict(panel, _series("down", [0.80, 0.801], 1000.0), "parameters")[1] == "below"
     assert "beyond" in verdict(panel, _series("far", [0.97, 0.97], 1e6), "flops")[1]
+    # The fixed widths may be listed in any order.
+    reversed_panel = Panel("toy", "test accuracy", fixed[::-1], [])
+    assert verdict(reversed_panel, _series("on", [0.93, 0.94], 1000.0), "parameters")[0] == delta
 
 
 def test_mse_is_compared_in_log_and_lower_is_better() -> None:
