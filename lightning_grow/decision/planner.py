@@ -31,7 +31,15 @@ from lightning_grow.surgery.widen import NewNeurons
 from lightning_grow.topology.facts import parameters_per_neuron
 from lightning_grow.topology.pairs import GrowablePair
 
-__all__ = ["GrowthConfig", "PairOutcome", "PlannedGrowth", "plan_growth", "solve_pairs"]
+__all__ = [
+    "GrowthConfig",
+    "PairOutcome",
+    "PlannedGrowth",
+    "layer_neurons",
+    "plan_growth",
+    "prepare_tiny",
+    "solve_pairs",
+]
 
 
 @dataclass
@@ -94,7 +102,8 @@ def _unit_output_norms(second_weight: Tensor, units: int) -> Tensor:
     )
 
 
-def _layer_neurons(pair: GrowablePair, candidates: GrowthCandidates, count: int) -> NewNeurons:
+def layer_neurons(pair: GrowablePair, candidates: GrowthCandidates, count: int) -> NewNeurons:
+    """The first ``count`` candidate neurons in ``pair``'s own weight layouts, dtype and device."""
     reference = pair.first.weight
     like = {"dtype": reference.dtype, "device": reference.device}
     bias = candidates.first_bias(count)
@@ -110,7 +119,7 @@ def _layer_neurons(pair: GrowablePair, candidates: GrowthCandidates, count: int)
     )
 
 
-def _prepare_tiny(pair: GrowablePair, neurons: NewNeurons, evaluate: Callable[[], float]) -> float:
+def prepare_tiny(pair: GrowablePair, neurons: NewNeurons, evaluate: Callable[[], float]) -> float:
     """Match the new units' size to the existing activity; return the baseline loss."""
     base_loss, existing_rms, mean, var = measure_activity(pair, neurons, evaluate)
     like = {"dtype": neurons.first_weight.dtype, "device": neurons.first_weight.device}
@@ -339,7 +348,7 @@ def _decide_pair(
     nan = float("nan")
     if decision.neurons == 0:
         return PairOutcome(None, 0.0, nan, nan, decision.reason)
-    neurons = _layer_neurons(pair, candidate, decision.neurons)
+    neurons = layer_neurons(pair, candidate, decision.neurons)
     if config.method is not Method.TINY:
         _prepare_function_preserving(pair, neurons, config.method, config.init_scale)
         with inject(pair, neurons, scale=0.0):
@@ -348,7 +357,7 @@ def _decide_pair(
             loss_after = evaluate()
         return PairOutcome(neurons, 1.0, loss_before, loss_after, Reason.GROWN)
 
-    loss_before = _prepare_tiny(pair, neurons, evaluate)
+    loss_before = prepare_tiny(pair, neurons, evaluate)
     gamma_min, gamma_max = config.amplitude_range
     with inject(pair, neurons, scale=0.0) as set_scale:
 

@@ -26,8 +26,8 @@ from lightning_grow.decision.planner import (
     GrowthConfig,
     PlannedGrowth,
     Solved,
-    _layer_neurons,
-    _prepare_tiny,
+    layer_neurons,
+    prepare_tiny,
     solve_pairs,
 )
 from lightning_grow.reporting.events import GrowthEvent, Reason, TimingPhase, zero_timings
@@ -250,9 +250,9 @@ def plan_quota(
         started = time.perf_counter()
         neurons, amplitude, before, after = None, 0.0, math.nan, math.nan
         if available > 0:
-            neurons = _layer_neurons(pair, candidate, available)
+            neurons = layer_neurons(pair, candidate, available)
             if config.method is Method.TINY:
-                before = _prepare_tiny(pair, neurons, evaluate)
+                before = prepare_tiny(pair, neurons, evaluate)
                 amplitude, after = _search(pair, neurons, before, evaluate, config)
                 neurons.second_weight = neurons.second_weight * amplitude
         if count > available and (candidate is not None or quota.last):
