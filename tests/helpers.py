@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning.pytorch as pl
+
 from lightning_grow import GrowthCallback
 
 
@@ -24,3 +26,15 @@ def permissive_callback(**options: Any) -> GrowthCallback:
     callback = GrowthCallback(**{**permissive, **options})
     callback.confirm_held_out = False  # every candidate that lowers the held-out loss grows
     return callback
+
+
+def quiet_trainer(**options: Any) -> pl.Trainer:
+    """A CPU ``Trainer`` without logger, checkpoints, progress bar or model summary."""
+    quiet = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return pl.Trainer(**{**quiet, **options})

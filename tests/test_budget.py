@@ -23,7 +23,7 @@ from lightning_grow.decision.budget import (
 )
 from lightning_grow.models import ClassifierModule
 from lightning_grow.solver.moments import PairGeometry
-from tests.helpers import permissive_callback
+from tests.helpers import permissive_callback, quiet_trainer
 
 
 def conv_geometry(c_in: int, hidden: int, c_out: int) -> PairGeometry:
@@ -146,13 +146,8 @@ def _loader(samples: int = 512) -> DataLoader:
 def _fit(
     callback: GrowthCallback, module: pl.LightningModule, loader, steps: int, *others: pl.Callback
 ) -> None:
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[callback, *others],
     )
     trainer.fit(module, loader)

@@ -17,7 +17,7 @@ from lightning_grow.statistics.accumulator import PairStatistics
 from lightning_grow.surgery.checkpoint import enable_resize_on_load
 from lightning_grow.surgery.widen import NewNeurons, grow_pair
 from lightning_grow.topology.pairs import find_growable_pairs
-from tests.helpers import permissive_callback
+from tests.helpers import permissive_callback, quiet_trainer
 
 F64 = torch.float64
 FIELDS = ("S", "M", "Sx", "Mx", "P", "v_sq", "Mx_noise", "P_noise")
@@ -129,13 +129,8 @@ def test_a_conv1d_network_grows_and_a_grown_checkpoint_reloads(tmp_path) -> None
     pl.seed_everything(0, verbose=False)
     model = Series()
     callback = permissive_callback(statistics_samples=128, held_samples=64)
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=40,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[callback],
     )
     trainer.fit(model, loader)

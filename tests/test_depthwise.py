@@ -29,7 +29,7 @@ from lightning_grow.topology.pairs import (
     pairs_from_names,
     rejected_layers,
 )
-from tests.helpers import permissive_callback
+from tests.helpers import permissive_callback, quiet_trainer
 
 F64 = torch.float64
 
@@ -281,13 +281,8 @@ def test_a_tiny_mobilenet_grows_its_inverted_residuals_and_its_checkpoint_reload
     pl.seed_everything(0, verbose=False)
     model = TinyMobileNet()
     callback = permissive_callback(statistics_samples=32, held_samples=32)
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=40,  # the first decisions, with running BN statistics still settling, refuse
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[callback],
     )
     trainer.fit(model, DataLoader(TensorDataset(x, labels), batch_size=16))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
@@ -15,7 +14,7 @@ from lightning_grow.callback import _overhead
 from lightning_grow.callback._budget_keeper import AUTO_COMPUTE_BUDGET, BudgetKeeper
 from lightning_grow.callback._overhead import OverheadAccount
 from lightning_grow.models import ClassifierModule
-from tests.helpers import permissive_callback
+from tests.helpers import permissive_callback, quiet_trainer
 
 
 class FakeClock:
@@ -96,14 +95,7 @@ def _fit_small(callback: GrowthCallback) -> GrowthCallback:
     x = torch.randn(512, 8)
     y = (x[:, :3] * x[:, 3:6]).argmax(dim=1)
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
-    trainer = pl.Trainer(
-        max_epochs=6,
-        callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=6, callbacks=[callback])
     trainer.fit(ClassifierModule(network, num_classes=3), loader)
     return callback
 
