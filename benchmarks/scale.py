@@ -142,6 +142,18 @@ def run(network: nn.Module, data: TensorDataset, steps: int, batch: int, grow: b
         result["widths"] = growth.widths
         result["decisions"] = growth.schedule.decisions if growth.schedule else 0
         result["accepted"] = sum(event.accepted for event in growth.history)
+        # Why each pair did or did not grow: the first thing to read when nothing grew.
+        result["events"] = [
+            {
+                "step": event.step,
+                "pair": event.pair,
+                "reason": event.reason,
+                "significant": event.num_significant,
+                "gain": round(event.expressivity_gain, 5),
+                "amplitude": event.amplitude,
+            }
+            for event in growth.history
+        ]
         result["plan"] = growth.budget.describe(growth.plan) if growth.plan else ""
         if growth.plan is not None:
             full, planned = statistics_flops(growth.budget.costs, growth.plan, batch)
