@@ -142,3 +142,13 @@ def test_every_section_runs_at_toy_size(tmp_path) -> None:
     for run in raw["runs"]:
         assert all(math.isfinite(value) for value in run["metrics"].values()), run["name"]
         assert run["parameters"] > 0 and run["fit_seconds"] > 0
+
+
+def test_pacing_rows_compare_a_grown_run_with_its_final_architecture() -> None:
+    from benchmarks.pacing import overhead_row
+
+    row = overhead_row(0.05, range(1), epochs=2)
+    assert row["budget"] == 0.05
+    assert len(row["overhead_percent"]) == len(row["widths"]) == len(row["accuracy"]) == 1
+    assert 0.0 <= row["accuracy"][0] <= 1.0 and row["overhead_percent"][0] < 100.0
+    assert all(width >= 2 for width in row["widths"][0])  # grown from [2, 2], never shrunk
