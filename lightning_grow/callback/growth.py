@@ -14,25 +14,23 @@ from torch import nn
 from lightning_grow.callback._arguments import check_arguments, check_max_width_keys, check_network
 from lightning_grow.callback._budget_keeper import BudgetKeeper
 from lightning_grow.callback._features import check_fit
-from lightning_grow.callback._held import HeldOut
 from lightning_grow.callback._lightning import (
     LossFn,
     check_spawned_parent_can_reload,
-    default_loss,
     gradient_scale,
-    quiet_evaluation,
     settle_gloo_at_exit,
     should_accumulate,
 )
 from lightning_grow.callback._monitor import TargetModeMixin
+from lightning_grow.callback._planning import PlanningMixin
 from lightning_grow.callback._spread import solve_spread
 from lightning_grow.callback._state import GrowthStateMixin
-from lightning_grow.callback._transport import DecisionPayload, apply_growth, to_payload
+from lightning_grow.callback._transport import DecisionPayload, apply_growth
 from lightning_grow.decision.budget import StatisticsPlan
-from lightning_grow.decision.planner import GrowthConfig, Solved, plan_growth
+from lightning_grow.decision.planner import GrowthConfig
 from lightning_grow.decision.policy import GrowthSchedule, Phase
 from lightning_grow.decision.spending import AlphaSpending
-from lightning_grow.reporting.events import GrowthEvent, TimingPhase, warn_no_samples, zero_timings
+from lightning_grow.reporting.events import GrowthEvent, TimingPhase, zero_timings
 from lightning_grow.reporting.loggers import GrowthReporter
 from lightning_grow.solver.method import MethodName
 from lightning_grow.statistics.accumulator import LazyMoments, PairStatistics, reduce_statistics
@@ -45,7 +43,7 @@ from lightning_grow.topology.pairs import GrowablePair, PairName
 __all__ = ["GrowthCallback"]
 
 
-class GrowthCallback(GrowthStateMixin, TargetModeMixin, Callback):
+class GrowthCallback(GrowthStateMixin, PlanningMixin, TargetModeMixin, Callback):
     """Grow a plain ``torch.nn`` network while it trains, with TINY's optimal new neurons.
 
     During ordinary training steps the callback gathers, for every growable layer pair, the
@@ -446,41 +444,6 @@ class GrowthCallback(GrowthStateMixin, TargetModeMixin, Callback):
         self.reporter.on_decision(trainer, events, self.widths, self.total_parameters)
         if trainer.is_global_zero:
             self.budget.decided(time.perf_counter() - charged)
-
-    def _plan(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        statistics_seconds: float,
-        solved: Solved | None,
-    ) -> DecisionPayload:
-        assert self.schedule is not None
-        # A window whose batches all had non-finite gradients (e.g. early fp16 AMP steps) has no
-        # samples: such pairs sit this decision out.
-        serving = self._serving()
-        moments = LazyMoments({name: self._statistics[name] for name in serving})
-        self._warned_no_samples = self._warned_no_samples or warn_no_samples(
-            {name: self._statistics[name] for name in serving}
-        )
-        split = self.confirm_held_out and self.spending is not None
-        held = HeldOut(pl_module, self._held, self.loss_fn or default_loss, split)
-        with quiet_evaluation(pl_module):
-            arguments = ([p for p in self._growing if p.name in serving], moments, held.choose)
-            common = {"total_parameters": self.total_parameters, "step": trainer.global_step}
-            common |= {"epoch": trainer.current_epoch, "decision_index": self.schedule.decisions}
-            common |= {"statistics_seconds": statistics_seconds, "solved": solved}
-            planned, events, any_significant = self._plan_quota(
-                trainer, *arguments, **common
-            ) or plan_growth(
-                *arguments, self.config, **common, confirm=held.confirm if split else None
-            )
-        for event in events:
-            event.training_step_calls = held.calls
-        return DecisionPayload(
-            growth=[to_payload(item) for item in planned],
-            events=[event.to_dict() for event in events],
-            any_significant=any_significant,
-        )
 
     # ------------------------------------------------------------------ helpers
     @property
