@@ -106,9 +106,9 @@ class GrowthCallback(GrowthStateMixin, TargetModeMixin, Callback):
         The default, 10, lets a test see 11 windows (5.5k samples for small layers). With new
         tanh units in tanh's non-linear range (``preactivation_rms``) it grows a
         teacher–student student (teacher width 24, 20 seeds) to widths 29–36 at the fixed
-        students' test error; 16 windows over-grew it (7 of 10 seeds wider than 36) and 8
-        stopped one seed short (width 30, 6× the error). The digits MLP (ReLU) grows the same
-        with 11 or 16 windows.
+        students' test error; 16 windows grew widths 33–38 (2 of 10 seeds past 36) at the same
+        error, 8 windows stopped one seed of 10 short (width 30, 6× the error). The digits MLP
+        (ReLU) grows the same with 11 or 16 windows.
     stop_step, stop_epoch, stop_fraction
         No growth at or after this optimizer step, epoch, or fraction of the estimated total
         steps. The default, 0.6, leaves the last 40 % of training to the final network; at 0.5
