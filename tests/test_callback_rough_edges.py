@@ -46,6 +46,9 @@ from tests.test_callback import _Regression, _regression_loader, _trainer
         ({"network": 3}, TypeError, "network"),
         ({"amplitude_range": (math.nan, 1.0)}, ValueError, "amplitude_range"),
         ({"stop_fraction": math.nan}, ValueError, "stop_fraction"),
+        ({"preactivation_rms": 0.0}, ValueError, "preactivation_rms"),
+        ({"preactivation_rms": math.inf}, ValueError, "preactivation_rms"),
+        ({"preactivation_rms": "1"}, TypeError, "preactivation_rms"),
     ],
 )
 def test_bad_arguments_fail_at_construction_naming_the_argument(arguments, error, message) -> None:
@@ -63,6 +66,7 @@ def test_good_arguments_of_every_kind_are_accepted() -> None:
         network="net",
         amplitude_range=[0.5, 0.5],
         seed=-3,
+        preactivation_rms=None,
     )
 
 

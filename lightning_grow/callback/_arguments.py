@@ -201,6 +201,8 @@ def check_arguments(arguments: dict[str, Any]) -> None:
     _check_real("amplitude_range[1]", high, 0.0, open_low=True)
     if low > high:
         raise ValueError(f"amplitude_range must satisfy 0 < low <= high, got {(low, high)}")
+    if arguments["preactivation_rms"] is not None:
+        _check_real("preactivation_rms", arguments["preactivation_rms"], 0.0, open_low=True)
     _check_max_width(arguments["max_width"])
     _check_modes(arguments)
     if arguments["loss_fn"] is not None and not callable(arguments["loss_fn"]):

@@ -2,9 +2,10 @@
 
 The first-order theory (docs/math.md §4) fixes the directions of new neurons but not how far to go.
 Following the authors (docs/math.md §8), candidates are (a) rescaled so their pre-activations have
-the size of the existing ones (with BatchNorm the scale lives in the output weights), (b) tried with
-both signs, and (c) given the amplitude γ from a doubling grid that minimises the loss on held-out
-training samples.
+the size of the existing ones, or ``preactivation_rms`` behind an activation whose shape depends
+on that size (with BatchNorm the scale lives in the output weights), (b) tried with both signs,
+and (c) given the amplitude γ from a doubling grid that minimises the loss on held-out training
+samples.
 
 Candidates are injected with forward hooks on ``first`` and ``second``: the new units' output is
 computed from ``first``'s input and added to ``second``'s output, so trials cost forward passes
@@ -32,9 +33,32 @@ __all__ = [
     "inject",
     "measure_activity",
     "measure_carried_norms",
+    "scale_free",
     "scale_neurons",
     "search_amplitude",
 ]
+
+#: Pre-activations on which :func:`scale_free` tests the activations: both signs, past ReLU6's cap.
+_PROBE = torch.linspace(-8.0, 8.0, 33, dtype=torch.float64).view(1, -1)
+
+
+def scale_free(pair: GrowablePair) -> bool:
+    """Whether every activation between ``first`` and ``second`` is positively homogeneous.
+
+    ``σ(c·z) = c·σ(z)`` for ``c > 0`` (ReLU, LeakyReLU, no activation): a unit's pre-activation
+    size is then only a split of its weight between input and output, not a change of what the
+    unit computes. Behind tanh, sigmoid, GELU, SiLU or ReLU6 it is: a unit whose pre-activations
+    stay well below 1 lives in the activation's linear (or, for GELU, quadratic) range. Tested on
+    a probe, so it holds for every activation that discovery accepts.
+    """
+    for hidden in pair.between:
+        if hidden.kind is not OpKind.ACTIVATION:
+            continue
+        doubled = replay_op(hidden.kind, hidden.op, 2.0 * _PROBE.clone())
+        once = replay_op(hidden.kind, hidden.op, _PROBE.clone())
+        if not torch.allclose(doubled, 2.0 * once, rtol=1e-9, atol=1e-12):
+            return False
+    return True
 
 
 def scale_neurons(

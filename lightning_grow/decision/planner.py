@@ -19,6 +19,7 @@ from lightning_grow.decision.amplitude import (
     inject,
     measure_activity,
     measure_carried_norms,
+    scale_free,
     scale_neurons,
     search_amplitude,
 )
@@ -53,6 +54,7 @@ class GrowthConfig:
     max_parameters: int | None = None
     min_loss_decrease: float = 1e-3
     amplitude_range: tuple[float, float] = (2.0**-12, 64.0)
+    preactivation_rms: float | None = 1.0
     init_scale: float = 0.1
     seed: int = 0
     solver_options: dict[str, float] = field(default_factory=dict)
@@ -119,8 +121,20 @@ def layer_neurons(pair: GrowablePair, candidates: GrowthCandidates, count: int) 
     )
 
 
-def prepare_tiny(pair: GrowablePair, neurons: NewNeurons, evaluate: Callable[[], float]) -> float:
-    """Match the new units' size to the existing activity; return the baseline loss."""
+def prepare_tiny(
+    pair: GrowablePair,
+    neurons: NewNeurons,
+    evaluate: Callable[[], float],
+    unit_rms: float | None = None,
+) -> float:
+    """Size the new units' pre-activations; return the baseline loss.
+
+    Without BatchNorm, each new unit's pre-activation RMS (on the held batches) becomes
+    ``unit_rms`` behind an activation that is not positively homogeneous, else (ReLU, LeakyReLU,
+    no activation, see :func:`~lightning_grow.decision.amplitude.scale_free`; or ``unit_rms``
+    ``None``) the existing units' median. The input weights carry the factor, the output weights
+    its inverse, so the first-order contribution (amplitude 1) is unchanged.
+    """
     base_loss, existing_rms, mean, var = measure_activity(pair, neurons, evaluate)
     like = {"dtype": neurons.first_weight.dtype, "device": neurons.first_weight.device}
     if pair.batch_norm is not None:
@@ -129,8 +143,14 @@ def prepare_tiny(pair: GrowablePair, neurons: NewNeurons, evaluate: Callable[[],
         neurons.bn_running_var = var.to(**like)
         scale_neurons(neurons, torch.ones_like(mean, **like), var.sqrt().to(**like))
     else:
+        target = existing_rms
+        if unit_rms is not None and not scale_free(pair):
+            # The activation's own scale, not the existing units': matching copies the starting
+            # network's scale forever (PyTorch's default init: RMS ~0.4 for unit inputs, tanh's
+            # linear range), and would start units behind saturated ones saturated.
+            target = torch.full_like(target, unit_rms)
         rms = (var + mean.square()).sqrt()
-        factor = torch.where(rms > 0, existing_rms / rms.clamp_min(1e-30), torch.ones_like(rms))
+        factor = torch.where(rms > 0, target / rms.clamp_min(1e-30), torch.ones_like(rms))
         factor = factor.to(**like)
         scale_neurons(neurons, factor, 1.0 / factor)
     # Measured with the first norm's entries and the scaling above, as the units will run.
@@ -357,7 +377,7 @@ def _decide_pair(
             loss_after = evaluate()
         return PairOutcome(neurons, 1.0, loss_before, loss_after, Reason.GROWN)
 
-    loss_before = prepare_tiny(pair, neurons, evaluate)
+    loss_before = prepare_tiny(pair, neurons, evaluate, config.preactivation_rms)
     gamma_min, gamma_max = config.amplitude_range
     with inject(pair, neurons, scale=0.0) as set_scale:
 

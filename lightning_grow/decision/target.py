@@ -252,7 +252,7 @@ def plan_quota(
         if available > 0:
             neurons = layer_neurons(pair, candidate, available)
             if config.method is Method.TINY:
-                before = prepare_tiny(pair, neurons, evaluate)
+                before = prepare_tiny(pair, neurons, evaluate, config.preactivation_rms)
                 amplitude, after = _search(pair, neurons, before, evaluate, config)
                 neurons.second_weight = neurons.second_weight * amplitude
         if count > available and (candidate is not None or quota.last):
