@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_grow.decision.amplitude import scale_free
-from lightning_grow.decision.planner import _prepare_tiny
+from lightning_grow.decision.planner import prepare_tiny
 from lightning_grow.surgery.widen import NewNeurons
 from lightning_grow.topology.pairs import find_growable_pairs
 
@@ -70,7 +70,7 @@ def _prepared(activation: nn.Module, unit_rms: float | None):
     before = neurons.second_weight[:, :, None] * neurons.first_weight[None]  # ω_k α_kᵀ
     x = torch.randn(64, 4, dtype=F64)
     with torch.no_grad():
-        _prepare_tiny(pair, neurons, lambda: float(net(x).sum()), unit_rms)
+        prepare_tiny(pair, neurons, lambda: float(net(x).sum()), unit_rms)
         existing = net[0](x).square().mean(0).sqrt().median()
     z_new = x @ neurons.first_weight.T + neurons.first_bias
     after = neurons.second_weight[:, :, None] * neurons.first_weight[None]
