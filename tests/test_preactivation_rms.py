@@ -92,3 +92,11 @@ def test_new_units_match_the_existing_ones_behind_relu_or_when_switched_off(
     rms, existing, before, after = _prepared(activation, unit_rms)
     torch.testing.assert_close(rms, torch.full((2,), existing, dtype=F64))
     torch.testing.assert_close(after, before)
+
+
+def test_the_callback_hands_the_option_to_the_decisions() -> None:
+    from lightning_grow import GrowthCallback
+
+    assert GrowthCallback().config.preactivation_rms == 1.0
+    assert GrowthCallback(preactivation_rms=0.5).config.preactivation_rms == 0.5
+    assert GrowthCallback(preactivation_rms=None).config.preactivation_rms is None
