@@ -17,6 +17,7 @@ def permissive_callback(**options: Any) -> GrowthCallback:
         held_samples=32,
         gain_threshold=0.0,
         min_loss_decrease=0.0,
+        negative_amplitudes=True,
         patience=None,
         stop_fraction=None,
         verbose=False,

@@ -183,6 +183,12 @@ def check_arguments(arguments: dict[str, Any]) -> None:
         if arguments["false_growth_rate"] == 1.0:
             raise ValueError("false_growth_rate must be in (0, 1), got 1.0")
     _check_real("min_loss_decrease", arguments["min_loss_decrease"], 0.0)
+    if arguments["confirm_margin"] is not None:
+        _check_real("confirm_margin", arguments["confirm_margin"], 0.0)
+    if not isinstance(arguments["negative_amplitudes"], bool):
+        raise TypeError(
+            f"negative_amplitudes must be True or False, got {arguments['negative_amplitudes']!r}"
+        )
     compute_budget = arguments["compute_budget"]
     if isinstance(compute_budget, str):
         if compute_budget != "auto":

@@ -110,3 +110,17 @@ class HeldOut:
     def confirm(self) -> Callable[[], float]:
         """The loss on the confirming half."""
         return lambda: self._mean(self.confirming)
+
+    def confirm_chunks(self, chunks: int = 8) -> Callable[[], list[float]]:
+        """The losses of up to ``chunks`` disjoint parts of the confirming half (one call each).
+
+        Parts are halves of halves along the batch dimension; batches that cannot be cut stay
+        whole (then fewer parts, possibly one).
+        """
+        parts = self.confirming
+        while len(parts) < chunks:
+            halves = [_halve(part) for part in parts]
+            if any(half is None for half in halves):
+                break
+            parts = [piece for half in halves for piece in half]  # type: ignore[union-attr]
+        return lambda: [self._mean([part]) for part in parts]

@@ -43,8 +43,12 @@ class PlanningMixin:
         self._warned_no_samples = self._warned_no_samples or warn_no_samples(
             {name: self._statistics[name] for name in serving}
         )
-        split = self.confirm_held_out and self.spending is not None
+        # Confirming on samples that chose the amplitude is biased on noise (the best of ~10
+        # trials lowers their loss by chance): a confirming half takes no part in the choice.
+        margin = self.config.confirm_margin
+        split = self.confirm_held_out and (self.spending is not None or margin is not None)
         held = HeldOut(pl_module, self._held, self.loss_fn or default_loss, split)
+        confirm = None if not split else held.confirm_chunks() if margin else held.confirm
         with quiet_evaluation(pl_module):
             arguments = ([p for p in self._growing if p.name in serving], moments, held.choose)
             common = {"total_parameters": self.total_parameters, "step": trainer.global_step}
@@ -52,9 +56,7 @@ class PlanningMixin:
             common |= {"statistics_seconds": statistics_seconds, "solved": solved}
             planned, events, any_significant = self._plan_quota(
                 trainer, *arguments, **common
-            ) or plan_growth(
-                *arguments, self.config, **common, confirm=held.confirm if split else None
-            )
+            ) or plan_growth(*arguments, self.config, **common, confirm=confirm)
         for event in events:
             event.training_step_calls = held.calls
         return DecisionPayload(

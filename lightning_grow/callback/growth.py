@@ -147,6 +147,18 @@ class GrowthCallback(GrowthStateMixin, PlanningMixin, TargetModeMixin, Callback)
         Parameter budget of the network; pairs with the best gain per parameter are served first.
     min_loss_decrease
         Minimum relative loss decrease on the held-out batches for TINY neurons to be accepted.
+    confirm_margin
+        The held batches are split: one half chooses the amplitude, the other confirms it, cut
+        into 8 chunks whose loss decreases must reach this one-sided paired ``t`` (a decrease
+        that one chunk carries is noise fitted by chance, not a bottleneck). The default 0.5,
+        with ``negative_amplitudes=False``, grew 1 % and 7 % of 100 runs on pure-noise
+        regression and random labels (23 % and 36 % before), and kept teacher–student at 10/10
+        seeds (README, "Decisions users can trust"). ``None``: no split, the choosing samples
+        confirm their own choice.
+    negative_amplitudes
+        Also try the sign opposite to TINY's first-order descent direction. Off by default: a
+        decrease found only at ``-γ`` comes from curvature or saturation, not from the
+        bottleneck the neurons were solved for (most growth on random labels came from there).
     amplitude_range
         Smallest and largest amplitude of the doubling line search.
     preactivation_rms
@@ -217,6 +229,8 @@ class GrowthCallback(GrowthStateMixin, PlanningMixin, TargetModeMixin, Callback)
         gain_threshold: float = 0.001,
         false_growth_rate: float | None = None,
         significance_margin: float | None = 1.0,
+        confirm_margin: float | None = 0.5,
+        negative_amplitudes: bool = False,
         max_neurons_per_event: int | None = None,
         max_width: int | dict[str, int] | None = None,
         max_parameters: int | None = None,
@@ -260,6 +274,8 @@ class GrowthCallback(GrowthStateMixin, PlanningMixin, TargetModeMixin, Callback)
             amplitude_range=tuple(amplitude_range),  # type: ignore[arg-type]
             preactivation_rms=preactivation_rms,
             seed=seed,
+            confirm_margin=confirm_margin,
+            negative_amplitudes=negative_amplitudes,
             solver_options={}
             if significance_margin is None
             else {"significance_margin": significance_margin},

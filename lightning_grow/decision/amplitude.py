@@ -294,14 +294,16 @@ def search_amplitude(
     gamma_max: float = 64.0,
     start: float = 1.0,
     required_loss: float | None = None,
+    signs: tuple[float, ...] = (1.0, -1.0),
 ) -> AmplitudeResult:
     """Line search of the signed amplitude on a doubling grid, keeping the best loss.
 
     Candidates arrive scaled so that ``γ = 1`` is the first-order step, so the search starts
     there and walks the grid ``{2^k}`` up (while the loss keeps improving) or down (when
-    ``γ = 1`` overshoots), assuming the loss is unimodal in ``γ``. The negative sign is tried
-    only when the positive one finds no improvement (first-order theory makes ``+`` the descent
-    direction). Non-finite losses count as worse. The amplitude is 0.0 only when nothing beat
+    ``γ = 1`` overshoots), assuming the loss is unimodal in ``γ``. ``signs`` are tried in
+    order, the next only when the previous one finds no improvement (first-order theory makes
+    ``+`` the descent direction; the callback tries ``-`` only with ``negative_amplitudes``).
+    Non-finite losses count as worse. The amplitude is 0.0 only when nothing beat
     ``loss_before``.
 
     ``required_loss`` (the loss a candidate must reach to be accepted) prunes hopeless walks
@@ -319,7 +321,7 @@ def search_amplitude(
         loss = loss_at(amplitude)
         return loss if math.isfinite(loss) else math.inf
 
-    for sign in (1.0, -1.0):
+    for sign in signs:
         gamma = min(max(start, gamma_min), gamma_max)
         loss = evaluate(sign * gamma)
         up = evaluate(sign * gamma * 2.0) if gamma * 2.0 <= gamma_max else math.inf

@@ -6,9 +6,10 @@ held-out batches comes in as a closure.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,8 @@ class GrowthConfig:
     preactivation_rms: float | None = 1.0
     init_scale: float = 0.1
     seed: int = 0
+    confirm_margin: float | None = None
+    negative_amplitudes: bool = False
     solver_options: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -248,7 +251,7 @@ def plan_growth(
     decision_index: int,
     statistics_seconds: float = 0.0,
     solved: Solved | None = None,
-    confirm: Callable[[], float] | None = None,
+    confirm: Callable[[], float | list[float]] | None = None,
 ) -> tuple[list[PlannedGrowth], list[GrowthEvent], bool]:
     """Decide the growth of every pair.
 
@@ -357,7 +360,7 @@ def _decide_pair(
     decision: PairDecision,
     evaluate: Callable[[], float],
     config: GrowthConfig,
-    confirm: Callable[[], float] | None = None,
+    confirm: Callable[[], float | list[float]] | None = None,
 ) -> PairOutcome:
     """Prepare the selected neurons of one pair, search their amplitude, confirm the decrease.
 
@@ -392,19 +395,46 @@ def _decide_pair(
             gamma_min=gamma_min,
             gamma_max=gamma_max,
             required_loss=required,
+            signs=(1.0, -1.0) if config.negative_amplitudes else (1.0,),
         )
         loss_after = result.loss_after
         chosen = loss_after <= required
+        confirmed = True
         if confirm is not None and result.amplitude != 0.0 and chosen:
             set_scale(0.0)
-            loss_before = confirm()
+            before_parts = confirm()
             set_scale(result.amplitude)
-            loss_after = confirm()
+            after_parts = confirm()
+            loss_before, loss_after = _mean(before_parts), _mean(after_parts)
+            margin = config.confirm_margin
+            # Held batches that cannot be cut give one loss: no test then, only the decrease.
+            if margin is not None and isinstance(before_parts, list) and len(before_parts) > 1:
+                confirmed = paired_t(before_parts, after_parts) >= margin  # type: ignore[arg-type]
     decrease = (loss_before - loss_after) / max(abs(loss_before), 1e-12)
-    if result.amplitude == 0.0 or decrease < config.min_loss_decrease:
+    if result.amplitude == 0.0 or decrease < config.min_loss_decrease or not confirmed:
         return PairOutcome(None, 0.0, loss_before, loss_after, Reason.NO_LOSS_DECREASE)
     neurons.second_weight = neurons.second_weight * result.amplitude
     if pair.batch_norm is not None and not pair.batch_norm.track_running_stats:
         # The trials normalised with the measured statistics; this BatchNorm keeps none.
         neurons.bn_running_mean = neurons.bn_running_var = None
     return PairOutcome(neurons, result.amplitude, loss_before, loss_after, Reason.GROWN)
+
+
+def _mean(losses: float | list[float]) -> float:
+    return losses if isinstance(losses, float) else sum(losses) / max(len(losses), 1)
+
+
+def paired_t(before: Sequence[float], after: Sequence[float]) -> float:
+    """One-sample ``t`` of the paired decreases ``before_i - after_i`` (two or more pairs).
+
+    ``±inf`` when every decrease is the same (the sign of the decrease decides).
+    """
+    if len(before) != len(after) or len(before) < 2:
+        raise ValueError(f"need two or more paired losses, got {len(before)} and {len(after)}")
+    differences = [b - a for b, a in zip(before, after, strict=True)]
+    count = len(differences)
+    mean = sum(differences) / count
+    variance = sum((d - mean) ** 2 for d in differences) / (count - 1)
+    if variance <= 0:
+        return math.inf if mean > 0 else -math.inf
+    return mean / math.sqrt(variance / count)
