@@ -219,6 +219,7 @@ def load_panels(folder: Path = HERE) -> list[Panel]:
             [teacher(f"student fixed h={h}", f"fixed h={h}") for h in (8, 16, 24, 32, 64)],
             [
                 teacher("student grown tiny", "TINY right-sized (§4)"),
+                new("teacher: TINY right-sized (defaults)", "TINY right-sized (now)", "mse", "o"),
                 new("teacher: TINY to h=32 by 0.5", "TINY to h=32 by 0.5", "mse", "^"),
                 new("teacher: TINY to h=64 by 0.5", "TINY to h=64 by 0.5", "mse", "^"),
             ],

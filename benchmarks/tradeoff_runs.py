@@ -109,11 +109,14 @@ def _teacher_fixed(seed: int, width: int) -> dict[str, Any]:
     return {"seed": seed, **_teacher_metrics(student, data), "flops": flops, "seconds": seconds}
 
 
-def _teacher(seed: int, multiplier: float) -> dict[str, Any]:
+def _teacher(seed: int, multiplier: float | None) -> dict[str, Any]:
+    """A student grown from h=1: to ``multiplier`` × its start by half of training, or
+    right-sized by ``GrowthCallback()``'s defaults (``None``)."""
     data = make_teacher_data()
     counter = ModuleFlops()
+    options = {} if multiplier is None else {"target": multiplier, "target_by": 0.5}
     result = run_lightning(
-        name=f"teacher to {multiplier:g}",
+        name="teacher right-sized" if multiplier is None else f"teacher to {multiplier:g}",
         seed=seed,
         build_backbone=lambda: build_student(1),
         build_module=RegressionModule,
@@ -121,7 +124,7 @@ def _teacher(seed: int, multiplier: float) -> dict[str, Any]:
         evaluate=lambda net: _teacher_metrics(net, data),
         epochs=STUDENT_EPOCHS,
         batch_size=STUDENT_BATCH,
-        callback_options={"target": multiplier, "target_by": 0.5},
+        callback_options=options,
         extra_callbacks=[counter],
     )
     return _record(result, counter.flops, "mse")
@@ -177,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     configs = {
+        "teacher: TINY right-sized (defaults)": lambda s: _teacher(s, None),
         "teacher: TINY to h=32 by 0.5": lambda s: _teacher(s, 32.0),
         "teacher: TINY to h=64 by 0.5": lambda s: _teacher(s, 64.0),
         "teacher: fixed h=32 (train MSE)": lambda s: _teacher_fixed(s, 32),
