@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -128,3 +130,24 @@ def test_auto_budget_paces_only_subsampled_networks(clock: FakeClock) -> None:
     assert keeper.pacing_wait(accumulate=1, subsampled=True) == math.ceil(5.0 / 0.1 - 4.0)
     explicit = BudgetKeeper(0.1, None)
     assert explicit.pace_every_network and not keeper.pace_every_network
+
+
+def test_a_pause_past_the_growth_period_is_announced_once() -> None:
+    keeper = BudgetKeeper(0.1, None)
+    schedule = SimpleNamespace(stop_step=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keeper.warn_if_paced_out(step=10, wait=39, schedule=schedule)  # ends before step 50
+        keeper.warn_if_paced_out(step=10, wait=5, schedule=SimpleNamespace(stop_step=None))
+    with pytest.warns(UserWarning, match=r"pauses it for 40 steps, past .*\(step 50\)"):
+        keeper.warn_if_paced_out(step=10, wait=40, schedule=schedule)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keeper.warn_if_paced_out(step=20, wait=400, schedule=schedule)  # said once
+
+
+def test_no_pause_is_not_announced_at_the_last_decision() -> None:
+    keeper = BudgetKeeper(0.1, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keeper.warn_if_paced_out(step=50, wait=0, schedule=SimpleNamespace(stop_step=50))

@@ -92,6 +92,7 @@ class BudgetKeeper:
         self.step_seconds = math.nan
         self.account = None if self.compute_budget is None else OverheadAccount(self.compute_budget)
         self._restored = False
+        self._warned_paced_out = False
         self.throughput = math.nan
         self._costs: list[PairCost] = []
         self._plan_options: dict[str, Any] = {}
@@ -286,6 +287,21 @@ class BudgetKeeper:
         if self.account is None or not (subsampled or self.pace_every_network):
             return 0
         return math.ceil(self.account.pause_batches(self.step_seconds) / accumulate)
+
+    def warn_if_paced_out(self, step: int, wait: int, schedule: Any) -> None:
+        """Say so (once, on the deciding rank) when a pause outlasts the growth period."""
+        stop = getattr(schedule, "stop_step", None)
+        if self._warned_paced_out or stop is None or wait <= 0 or step + wait < stop:
+            return
+        self._warned_paced_out = True
+        added = self.account.added_seconds if self.account is not None else 0.0
+        warnings.warn(
+            f"GrowthCallback: growth has added {added:.2f} s so far, and compute_budget="
+            f"{self.compute_budget:g} now pauses it for {wait} steps, past the end of the growth "
+            f"period (step {stop}): no further decision will be made. Raise compute_budget, or "
+            "pass compute_budget=None to let growth decide at every window.",
+            stacklevel=2,
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, float]:
