@@ -39,7 +39,7 @@ from benchmarks.common import (
 from benchmarks.digits import DigitsProtocol, build_mlp, load_digits_split
 from benchmarks.lightning_runs import classifier_module, make_loader
 
-__all__ = ["main"]
+__all__ = ["main", "validation_split"]
 
 PROTOCOL = DigitsProtocol()
 
@@ -132,6 +132,21 @@ def _summarise(
     return "| " + " | ".join(columns) + " |"
 
 
+def validation_split(split: Any, seed: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """The monitor part's 80 % train / 20 % validation split of the digits training set."""
+    x_train, x_val, y_train, y_val = train_test_split(
+        split.train_inputs.numpy(),
+        split.train_labels.numpy(),
+        test_size=0.2,
+        random_state=seed,
+        stratify=split.train_labels.numpy(),
+    )
+    return (torch.from_numpy(x_train), torch.from_numpy(y_train)), (
+        torch.from_numpy(x_val),
+        torch.from_numpy(y_val),
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=4)
@@ -169,22 +184,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(_summarise(name, rows, reference))
 
     if args.part in ("monitor", "both"):
-
-        def divided(seed: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-            x_train, x_val, y_train, y_val = train_test_split(
-                split.train_inputs.numpy(),
-                split.train_labels.numpy(),
-                test_size=0.2,
-                random_state=seed,
-                stratify=split.train_labels.numpy(),
-            )
-            return (torch.from_numpy(x_train), torch.from_numpy(y_train)), (
-                torch.from_numpy(x_val),
-                torch.from_numpy(y_val),
-            )
-
-        train80 = lambda seed: divided(seed)[0]  # noqa: E731
-        val20 = lambda seed: divided(seed)[1]  # noqa: E731
+        train80 = lambda seed: validation_split(split, seed)[0]  # noqa: E731
+        val20 = lambda seed: validation_split(split, seed)[1]  # noqa: E731
         configs = {
             "fixed h=128": (128, None),
             "fixed h=40": (40, None),

@@ -31,6 +31,7 @@ __all__ = [
     "TeacherData",
     "make_teacher_data",
     "run_fixed_student",
+    "train_fixed_student",
     "run_grown_student",
 ]
 
@@ -108,10 +109,10 @@ class RegressionModule(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
 
 
-def run_fixed_student(
+def train_fixed_student(
     width: int, seed: int, data: TeacherData, epochs: int = STUDENT_EPOCHS
-) -> RunResult:
-    """Train a fixed student of hidden width ``width`` with the plain loop."""
+) -> tuple[nn.Module, float]:
+    """A fixed student of hidden width ``width`` trained by the plain loop, and its seconds."""
     seed_everything(seed)
     student = build_student(width)
     seconds = train_plain(
@@ -124,6 +125,14 @@ def run_fixed_student(
         learning_rate=STUDENT_LR,
         loss_fn=F.mse_loss,
     )
+    return student, seconds
+
+
+def run_fixed_student(
+    width: int, seed: int, data: TeacherData, epochs: int = STUDENT_EPOCHS
+) -> RunResult:
+    """Train a fixed student of hidden width ``width`` with the plain loop."""
+    student, seconds = train_fixed_student(width, seed, data, epochs)
     return RunResult(
         name=f"fixed h={width}",
         seed=seed,

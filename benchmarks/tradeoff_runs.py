@@ -29,21 +29,19 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 from torch import nn
 
-from benchmarks.common import evaluate_classifier, evaluate_regressor, seed_everything
-from benchmarks.digits import DigitsProtocol, build_mlp, load_digits_split, train_plain
+from benchmarks.common import evaluate_classifier, evaluate_regressor
+from benchmarks.digits import DigitsProtocol, build_mlp, load_digits_split
 from benchmarks.lightning_runs import classifier_module, run_lightning
-from benchmarks.target_and_monitor import _fit
+from benchmarks.target_and_monitor import _fit, validation_split
 from benchmarks.teacher_student import (
     STUDENT_BATCH,
     STUDENT_EPOCHS,
-    STUDENT_LR,
     RegressionModule,
     build_student,
     make_teacher_data,
+    train_fixed_student,
 )
 
 __all__ = ["ModuleFlops", "main"]
@@ -93,18 +91,7 @@ def _teacher_metrics(net: nn.Module, data: Any) -> dict[str, float]:
 def _teacher_fixed(seed: int, width: int) -> dict[str, Any]:
     """Section 4's fixed student (plain loop), re-run only to record its training MSE."""
     data = make_teacher_data()
-    seed_everything(seed)
-    student = build_student(width)
-    seconds = train_plain(
-        student,
-        data.train_inputs,
-        data.train_targets,
-        seed=seed,
-        epochs=STUDENT_EPOCHS,
-        batch_size=STUDENT_BATCH,
-        learning_rate=STUDENT_LR,
-        loss_fn=F.mse_loss,
-    )
+    student, seconds = train_fixed_student(width, seed, data)
     flops = 6.0 * len(data.train_inputs) * STUDENT_EPOCHS * 24 * width
     return {"seed": seed, **_teacher_metrics(student, data), "flops": flops, "seconds": seconds}
 
@@ -159,15 +146,7 @@ def _digits1(seed: int, hidden: int, validation: bool) -> dict[str, Any]:
     train = split.train_inputs, split.train_labels
     val = None
     if validation:  # the 80 / 20 split of target_and_monitor's monitor part
-        x_train, x_val, y_train, y_val = train_test_split(
-            split.train_inputs.numpy(),
-            split.train_labels.numpy(),
-            test_size=0.2,
-            random_state=seed,
-            stratify=split.train_labels.numpy(),
-        )
-        train = torch.from_numpy(x_train), torch.from_numpy(y_train)
-        val = torch.from_numpy(x_val), torch.from_numpy(y_val)
+        train, val = validation_split(split, seed)
     run = _fit(seed, hidden, train, val, (split.test_inputs, split.test_labels), None)
     return {"seed": seed, **run}
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from scipy import stats
@@ -13,9 +11,8 @@ from lightning_grow import GrowthCallback
 from lightning_grow.callback._held import HeldOut
 from lightning_grow.decision.amplitude import search_amplitude
 from lightning_grow.decision.planner import GrowthConfig, _decide_pair, paired_t
-from lightning_grow.decision.policy import PairDecision
 from lightning_grow.reporting.events import Reason
-from lightning_grow.topology._discovery import discover_pairs
+from tests.helpers import tanh_unit_setup
 
 
 def test_paired_t_is_scipys_one_sample_t_of_the_decreases() -> None:
@@ -62,13 +59,8 @@ def test_search_tries_only_the_descent_sign_when_asked() -> None:
 
 
 def _pair_and_chunked_losses(consistent: bool):
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 2))
-    _, (pair,) = discover_pairs(net, None, "auto")
-    inputs = torch.randn(256, 3)
-    with torch.no_grad():
-        base = net(inputs)
-    feature = torch.tanh(inputs[:, :1]) * torch.tensor([[1.0, 0.0]])
+    setup = tanh_unit_setup()
+    net, inputs, base, feature = setup.net, setup.inputs, setup.base, setup.feature
     choose_targets = base + 0.5 * feature
     # Confirming samples, 8 chunks of 16: the unit helps every chunk a little (consistent), or
     # one chunk a lot and hurts the seven others (a mean decrease that one chunk carries).
@@ -81,13 +73,8 @@ def _pair_and_chunked_losses(consistent: bool):
     def chunks():
         return [mean_loss(confirm_targets, slice(16 * c, 16 * (c + 1))) for c in range(8)]
 
-    candidate = SimpleNamespace(
-        first_weight=lambda k: torch.tensor([[1.0, 0.0, 0.0]]),
-        first_bias=lambda k: torch.zeros(1),
-        second_weight=lambda k: torch.tensor([[1.0], [0.0]]),
-    )
-    decision = PairDecision(pair=pair.name, neurons=1, reason=Reason.GROWN)
-    return pair, candidate, decision, (lambda: mean_loss(choose_targets, slice(None))), chunks
+    choose = lambda: mean_loss(choose_targets, slice(None))  # noqa: E731
+    return setup.pair, setup.candidate, setup.decision, choose, chunks
 
 
 @pytest.mark.parametrize(("consistent", "grows"), [(True, True), (False, False)])

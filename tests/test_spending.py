@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,10 +13,9 @@ from torch import nn
 
 from lightning_grow.callback._held import split_batches
 from lightning_grow.decision.planner import GrowthConfig, _decide_pair
-from lightning_grow.decision.policy import PairDecision
 from lightning_grow.decision.spending import AlphaSpending, spent_level
 from lightning_grow.reporting.events import Reason
-from lightning_grow.topology._discovery import discover_pairs
+from tests.helpers import tanh_unit_setup
 
 
 def test_levels_sum_to_alpha_exactly() -> None:
@@ -111,28 +109,17 @@ def test_split_batches_gives_disjoint_halves_covering_every_sample() -> None:
 
 
 def _pair_and_losses(confirm_sign: float):
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 2))
-    _, (pair,) = discover_pairs(net, None, "auto")
-    inputs = torch.randn(256, 3)
-    with torch.no_grad():
-        base = net(inputs)
+    setup = tanh_unit_setup()
+    net, inputs, base, feature = setup.net, setup.inputs, setup.base, setup.feature
     # A unit tanh(x₀) feeding output 0 helps on the choosing samples; on the confirming ones
     # the targets carry it with the opposite sign, so the chosen (positive) amplitude hurts.
-    feature = torch.tanh(inputs[:, :1]) * torch.tensor([[1.0, 0.0]])
     choose_targets = base + 0.5 * feature
     confirm_targets = base + confirm_sign * 0.5 * feature
 
     def loss(targets):
         return lambda: float(nn.functional.mse_loss(net(inputs), targets))
 
-    candidate = SimpleNamespace(
-        first_weight=lambda k: torch.tensor([[1.0, 0.0, 0.0]]),
-        first_bias=lambda k: torch.zeros(1),
-        second_weight=lambda k: torch.tensor([[1.0], [0.0]]),
-    )
-    decision = PairDecision(pair=pair.name, neurons=1, reason=Reason.GROWN)
-    return pair, candidate, decision, loss(choose_targets), loss(confirm_targets)
+    return setup.pair, setup.candidate, setup.decision, loss(choose_targets), loss(confirm_targets)
 
 
 @pytest.mark.parametrize(("confirm_sign", "grows"), [(1.0, True), (-1.0, False)])
