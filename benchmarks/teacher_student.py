@@ -31,8 +31,8 @@ __all__ = [
     "TeacherData",
     "make_teacher_data",
     "run_fixed_student",
-    "train_fixed_student",
     "run_grown_student",
+    "train_fixed_student",
 ]
 
 TEACHER_SEED = 1234

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -134,20 +133,19 @@ def test_auto_budget_paces_only_subsampled_networks(clock: FakeClock) -> None:
 
 def test_a_pause_past_the_growth_period_is_announced_once() -> None:
     keeper = BudgetKeeper(0.1, None)
-    schedule = SimpleNamespace(stop_step=50)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        keeper.warn_if_paced_out(step=10, wait=39, schedule=schedule)  # ends before step 50
-        keeper.warn_if_paced_out(step=10, wait=5, schedule=SimpleNamespace(stop_step=None))
+        keeper.warn_if_paced_out(step=10, wait=39, stop=50)  # ends before step 50
+        keeper.warn_if_paced_out(step=10, wait=5, stop=None)
     with pytest.warns(UserWarning, match=r"pauses it for 40 steps, past .*\(step 50\)"):
-        keeper.warn_if_paced_out(step=10, wait=40, schedule=schedule)
+        keeper.warn_if_paced_out(step=10, wait=40, stop=50)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        keeper.warn_if_paced_out(step=20, wait=400, schedule=schedule)  # said once
+        keeper.warn_if_paced_out(step=20, wait=400, stop=50)  # said once
 
 
 def test_no_pause_is_not_announced_at_the_last_decision() -> None:
     keeper = BudgetKeeper(0.1, None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        keeper.warn_if_paced_out(step=50, wait=0, schedule=SimpleNamespace(stop_step=50))
+        keeper.warn_if_paced_out(step=50, wait=0, stop=50)

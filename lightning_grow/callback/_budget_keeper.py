@@ -12,8 +12,9 @@ every rank follows the same schedule:
 3. **Pacing.** After each decision, an :class:`~._overhead.OverheadAccount` compares the
    time growth has added (statistics batches' extra time and whole decisions, measured on the
    batch clock) with the time spent training and, when growth is ahead of its budget, makes the
-   next window wait until training has caught up. Every network is paced, a small MLP whose
-   cost is hook overhead as much as a ResNet whose cost is FLOPs; the schedule then depends on
+   next window wait until training has caught up. An explicit share paces every network, a
+   small MLP whose cost is hook overhead as much as a ResNet whose cost is FLOPs; ``"auto"``
+   paces only networks whose statistics are subsampled. The schedule then depends on
    timings, which ``compute_budget=None`` avoids (bitwise reproducible growth).
 """
 
@@ -44,8 +45,8 @@ __all__ = ["AUTO_COMPUTE_BUDGET", "BudgetKeeper", "default_memory_budget"]
 
 _MiB = 2**20
 AUTO_COMPUTE_BUDGET = 0.1
-_SLOWEST_THROUGHPUT = 1e9  # FLOP/s: one slow CPU core's float32 matrix product
 """The share of ``compute_budget="auto"`` (for networks whose statistics are subsampled)."""
+_SLOWEST_THROUGHPUT = 1e9  # FLOP/s: one slow CPU core's float32 matrix product
 
 
 def default_memory_budget(device: torch.device) -> int:
@@ -288,9 +289,8 @@ class BudgetKeeper:
             return 0
         return math.ceil(self.account.pause_batches(self.step_seconds) / accumulate)
 
-    def warn_if_paced_out(self, step: int, wait: int, schedule: Any) -> None:
+    def warn_if_paced_out(self, step: int, wait: int, stop: int | None) -> None:
         """Say so (once, on the deciding rank) when a pause outlasts the growth period."""
-        stop = getattr(schedule, "stop_step", None)
         if self._warned_paced_out or stop is None or wait <= 0 or step + wait < stop:
             return
         self._warned_paced_out = True

@@ -438,7 +438,9 @@ class GrowthCallback(GrowthStateMixin, PlanningMixin, TargetModeMixin, Callback)
                 charged = time.perf_counter()
                 subsampled = self.plan.subsampled(self._serving())
                 payload.wait = self.budget.pacing_wait(trainer.accumulate_grad_batches, subsampled)
-                self.budget.warn_if_paced_out(trainer.global_step, payload.wait, self.schedule)
+                self.budget.warn_if_paced_out(
+                    trainer.global_step, payload.wait, self.schedule.stop_step
+                )
             except Exception as error:
                 # Every rank waits in the broadcast below: send the failure, raise everywhere.
                 payload = DecisionPayload(error=f"{type(error).__name__}: {error}")
