@@ -256,10 +256,11 @@ def fit_summary(
         }
         account = growth.budget.account
         if account is not None and account.added_seconds > 0:
-            # The phases above miss what hooks cost inside each batch; the batch clock does not.
+            # The phases above miss what hooks cost inside each batch; the batch clock estimates it
+            # (median batch with statistics minus median batch without, times the count).
             added, training = account.added_seconds, account.training_seconds
             share = f" ({100 * added / training:.1f} % of training)" if training > 0 else ""
-            summary.notes["growth added"] = f"{format_seconds(added)} measured{share}"
+            summary.notes["growth added"] = f"{format_seconds(added)} from batch times{share}"
     summary.files.update(_logger_files(trainer))
     for callback in trainer.checkpoint_callbacks:
         # last.ckpt when saved, else the checkpoint ModelCheckpoint kept (the latest one when
